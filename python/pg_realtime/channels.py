@@ -1,0 +1,146 @@
+"""Who listens to what, and fan-out that encodes each message once per wire format.
+
+A channel is one joined ``realtime:<subtopic>`` on one socket. Private and public
+channels of the same subtopic are separate streams, so the registry is keyed by
+``(subtopic, private)``. Fan-out walks the subscribers of one key, encodes the frame the
+first time a wire format is needed, and hands the same object to every socket of that
+format: the cost of encoding does not grow with the number of subscribers.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .phoenix import Vsn
+
+Frame = str | bytes
+
+
+class Outbox:
+    """Frames waiting for one socket, bounded in bytes so a slow reader cannot eat memory."""
+
+    __slots__ = ("_wakeup", "closed", "frames", "limit", "overflowed", "size")
+
+    def __init__(self, limit: int, wakeup: Callable[[], None]) -> None:
+        self.frames: deque[Frame] = deque()
+        self.size = 0
+        self.limit = limit
+        self.closed = False
+        self.overflowed = False
+        self._wakeup = wakeup
+
+    def push(self, frame: Frame) -> bool:
+        """Queue a frame; False when the socket is closed or has fallen too far behind."""
+        if self.closed:
+            return False
+        if self.limit and self.size + len(frame) > self.limit:
+            self.overflowed = True
+            self.closed = True
+            self._wakeup()
+            return False
+        was_empty = not self.frames
+        self.frames.append(frame)
+        self.size += len(frame)
+        if was_empty:
+            self._wakeup()
+        return True
+
+    def take_all(self) -> list[Frame]:
+        frames = list(self.frames)
+        self.frames.clear()
+        self.size = 0
+        return frames
+
+
+class Peer(Protocol):
+    """The socket side a channel needs: its wire format and a way to queue frames."""
+
+    vsn: Vsn
+
+    def send(self, frame: Frame) -> None: ...
+
+
+@dataclass(eq=False)
+class Channel:
+    """One joined topic on one socket."""
+
+    peer: Peer
+    topic: str  # "realtime:<subtopic>", as the client joined it
+    subtopic: str
+    join_ref: str | None
+    private: bool
+    broadcast_self: bool = False
+    broadcast_ack: bool = False
+    presence_enabled: bool = False
+    token: str | None = None
+    claims: dict[str, Any] = field(default_factory=dict)
+    #: RLS results for private channels; None means "not checked yet" (write is checked lazily).
+    can_read: bool | None = None
+    can_write: bool | None = None
+    #: Cancels the token-expiry timer.
+    expiry_handle: Any = None
+
+    @property
+    def key(self) -> tuple[str, bool]:
+        return (self.subtopic, self.private)
+
+    @property
+    def receives_broadcasts(self) -> bool:
+        # Public channels run no RLS; a private channel receives once its read check passed.
+        return not self.private or self.can_read is True
+
+
+Encoder = Callable[[Vsn], Frame | None]
+
+
+class Registry:
+    """All joined channels of the server, by (subtopic, private)."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[tuple[str, bool], dict[Channel, None]] = {}
+        self.channel_count = 0
+
+    def add(self, channel: Channel) -> None:
+        subscribers = self._by_key.setdefault(channel.key, {})
+        if channel not in subscribers:
+            subscribers[channel] = None
+            self.channel_count += 1
+
+    def remove(self, channel: Channel) -> None:
+        subscribers = self._by_key.get(channel.key)
+        if subscribers is not None and channel in subscribers:
+            del subscribers[channel]
+            self.channel_count -= 1
+            if not subscribers:
+                del self._by_key[channel.key]
+
+    def subscribers(self, subtopic: str, private: bool) -> Iterator[Channel]:
+        return iter(tuple(self._by_key.get((subtopic, private), ())))
+
+    def topics(self) -> list[tuple[str, bool, int]]:
+        return [(sub, private, len(chs)) for (sub, private), chs in self._by_key.items()]
+
+    def fan_out(self, subtopic: str, private: bool, encode: Encoder, exclude: Channel | None = None) -> int:
+        """Send to every subscriber of (subtopic, private); returns the number of deliveries."""
+        subscribers = self._by_key.get((subtopic, private))
+        if not subscribers:
+            return 0
+        frames: dict[Vsn, Frame | None] = {}
+        delivered = 0
+        # Copy: a send may close a slow socket, which unregisters its channels mid-loop.
+        for channel in tuple(subscribers):
+            if channel is exclude or not channel.receives_broadcasts:
+                continue
+            vsn = channel.peer.vsn
+            if vsn in frames:
+                frame = frames[vsn]
+            else:
+                frame = frames[vsn] = encode(vsn)
+            if frame is None:
+                continue
+            channel.peer.send(frame)
+            delivered += 1
+        return delivered

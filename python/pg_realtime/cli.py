@@ -1,0 +1,193 @@
+"""`pg-realtime serve`: the command line, the embedded database and the process lifecycle."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+from aiohttp import web
+
+from . import __version__
+from .auth import sign
+from .config import Settings
+from .embedded import EmbeddedPostgres, EmbeddedPostgresError
+from .server import RealtimeServer
+
+log = logging.getLogger("pg_realtime")
+
+SUPABASE_ROLES = ("anon", "authenticated", "service_role")
+# Ten years: keys printed for a local demo, like Supabase's local development keys.
+DEMO_KEY_LIFETIME_S = 10 * 365 * 24 * 3600
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pg-realtime",
+        description="Supabase Realtime Broadcast for any PostgreSQL.",
+    )
+    parser.add_argument("--version", action="version", version=f"pg-realtime {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser(
+        "serve",
+        help="run the broadcast server",
+        description=(
+            "Serve Supabase's Realtime protocol (WebSocket and REST). Without --database-url, "
+            "run a private PostgreSQL in --data-dir with the extension, the Supabase roles and a "
+            "JWT secret kept in that directory."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    Settings.add_arguments(serve)
+    return parser
+
+
+@dataclass
+class EmbeddedDatabase:
+    cluster: EmbeddedPostgres
+    database_url: str
+    jwt_secret: str
+
+
+def start_embedded(settings: Settings) -> EmbeddedDatabase:
+    """Start (initdb on first use) the embedded cluster and prepare the database."""
+    data_dir = settings.data_dir
+    if settings.ephemeral:
+        import tempfile
+
+        data_dir = Path(tempfile.mkdtemp(prefix="pg-realtime-"))
+    cluster = EmbeddedPostgres(data_dir)
+    cluster.start()
+    database_url = cluster.dsn("postgres")
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        for role in SUPABASE_ROLES:
+            exists = conn.execute("select 1 from pg_roles where rolname = %s", (role,)).fetchone()
+            if not exists:
+                conn.execute(f"create role {role} nologin")
+        conn.execute("create extension if not exists realtime")
+        # The extension grants the Supabase roles their table privileges only if they existed at
+        # install time; granting again is harmless and covers an older data directory.
+        for role in SUPABASE_ROLES:
+            conn.execute(f"grant usage on schema realtime to {role}")
+            conn.execute(f"grant select, insert, update on realtime.messages to {role}")
+    secret_file = data_dir / "jwt_secret"
+    if settings.jwt_secret:
+        secret = settings.jwt_secret
+    elif secret_file.exists():
+        secret = secret_file.read_text().strip()
+    else:
+        secret = secrets.token_urlsafe(32)
+        secret_file.write_text(secret + "\n")
+        secret_file.chmod(0o600)
+    return EmbeddedDatabase(cluster, database_url, secret)
+
+
+def demo_banner(url: str, database_url: str, secret: str) -> str:
+    now = int(time.time())
+    anon = sign({"role": "anon", "iss": "pg-realtime", "iat": now, "exp": now + DEMO_KEY_LIFETIME_S}, secret)
+    service = sign(
+        {"role": "service_role", "iss": "pg-realtime", "iat": now, "exp": now + DEMO_KEY_LIFETIME_S}, secret
+    )
+    http = url.rstrip("/")
+    return "\n".join(
+        [
+            "",
+            f"  pg-realtime {__version__} is serving {http}  (inspector: {http}/)",
+            f"  database:          {database_url}",
+            f"  anon key:          {anon}",
+            f"  service_role key:  {service}",
+            "",
+            "  Open the inspector, join the topic 'room1' (public), then send a message from SQL:",
+            f'    psql \'{database_url}\' -c "select realtime.send(\'{{\\"hello\\": \\"world\\"}}\'::jsonb,'
+            " 'greeting', 'room1', false)\"",
+            "  or over REST:",
+            f"    curl -i -X POST {http}/realtime/v1/api/broadcast -H 'Content-Type: application/json'"
+            f" -H 'Authorization: Bearer {service}'"
+            ' -d \'{"messages":[{"topic":"room1","event":"greeting","payload":{"hello":"rest"}}]}\'',
+            "",
+            "  Ctrl-C stops the server and the database.",
+            "",
+        ]
+    )
+
+
+async def serve(settings: Settings) -> int:
+    embedded: EmbeddedDatabase | None = None
+    database_url = settings.database_url
+    if settings.embedded:
+        try:
+            embedded = await asyncio.to_thread(start_embedded, settings)
+        except (EmbeddedPostgresError, psycopg.Error) as exc:
+            log.error("could not start the embedded PostgreSQL: %s", exc)
+            return 1
+        database_url = embedded.database_url
+        settings = settings.replace(jwt_secret=embedded.jwt_secret)
+    if not settings.jwt_secret and not settings.jwks:
+        log.error("no JWT secret: set --jwt-secret or REALTIME_JWT_SECRET (or --jwks)")
+        return 2
+    server = RealtimeServer(settings, database_url=database_url)
+    runner = web.AppRunner(server.app, handle_signals=False, shutdown_timeout=settings.shutdown_timeout_s)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
+    try:
+        await site.start()
+    except OSError as exc:
+        log.error("cannot listen on %s:%s: %s", settings.host, settings.port, exc)
+        await runner.cleanup()
+        if embedded is not None:
+            await asyncio.to_thread(_stop_embedded, embedded, settings)
+        return 1
+    port = runner.addresses[0][1] if runner.addresses else settings.port
+    url = f"http://{settings.host}:{port}"
+    log.info("listening on %s", url)
+    if embedded is not None:
+        print(demo_banner(url, embedded.database_url, embedded.jwt_secret), flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await runner.cleanup()
+    if embedded is not None:
+        await asyncio.to_thread(_stop_embedded, embedded, settings)
+    return 0
+
+
+def _stop_embedded(embedded: EmbeddedDatabase, settings: Settings) -> None:
+    if settings.ephemeral:
+        embedded.cluster.remove()
+    else:
+        embedded.cluster.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_args(args, os.environ)
+    except ValueError as exc:
+        parser.error(str(exc))
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(serve(settings))
+    return uvloop.run(serve(settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

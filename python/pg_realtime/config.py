@@ -1,0 +1,156 @@
+"""One typed Settings object, read from the environment and overridden by flags.
+
+Every option has a flag (``--port``) and an environment variable (``REALTIME_PORT``); the
+flag wins. Defaults bind to loopback and suit a self-hosted server: rate limits are off
+unless configured, because a limit that drops events surprises the people running it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True)
+class Option:
+    env: str
+    help: str
+    flag: str | None = None
+
+
+def _opt(default: Any, env: str, help: str) -> Any:
+    return field(default=default, metadata={"option": Option(env=env, help=help)})
+
+
+@dataclass(frozen=True)
+class Settings:
+    # -- where ------------------------------------------------------------------------------
+    database_url: str | None = _opt(
+        None,
+        "DATABASE_URL",
+        "PostgreSQL connection URL. Unset: run an embedded PostgreSQL in --data-dir.",
+    )
+    host: str = _opt("127.0.0.1", "REALTIME_HOST", "address to listen on")
+    port: int = _opt(4000, "REALTIME_PORT", "port to listen on (0 picks a free one)")
+    log_level: str = _opt("info", "REALTIME_LOG_LEVEL", "debug, info, warning or error")
+    # -- auth -------------------------------------------------------------------------------
+    jwt_secret: str | None = _opt(None, "REALTIME_JWT_SECRET", "HS256/384/512 secret for client tokens")
+    jwks: str | None = _opt(
+        None, "REALTIME_JWKS", "JWKS for RS*/ES*/EdDSA tokens: the JSON itself or a file path"
+    )
+    # -- embedded PostgreSQL ----------------------------------------------------------------
+    data_dir: Path = _opt(
+        Path(".data"), "REALTIME_DATA_DIR", "embedded PostgreSQL data directory (reused across runs)"
+    )
+    ephemeral: bool = _opt(False, "REALTIME_EPHEMERAL", "embedded mode: a throwaway cluster, deleted at exit")
+    # -- delivery ---------------------------------------------------------------------------
+    poll_interval_ms: float = _opt(
+        5.0, "REALTIME_POLL_INTERVAL_MS", "how often the reader asks for newly committed messages"
+    )
+    maintain_interval_s: float = _opt(
+        3600.0, "REALTIME_MAINTAIN_INTERVAL_S", "how often to run realtime.maintain() (and at start)"
+    )
+    retention: str = _opt("3 days", "REALTIME_RETENTION", "how long messages stay in realtime.messages")
+    db_pool_size: int = _opt(10, "REALTIME_DB_POOL_SIZE", "connections for RLS checks and REST writes")
+    # -- limits (0 = off) -------------------------------------------------------------------
+    max_payload_kb: int = _opt(3000, "REALTIME_MAX_PAYLOAD_KB", "largest broadcast payload, in KB")
+    max_channels_per_client: int = _opt(100, "REALTIME_MAX_CHANNELS_PER_CLIENT", "channels per socket")
+    max_frame_bytes: int = _opt(5_000_000, "REALTIME_MAX_FRAME_BYTES", "largest WebSocket frame accepted")
+    idle_timeout_s: float = _opt(
+        60.0, "REALTIME_IDLE_TIMEOUT_S", "close a socket that sends nothing for this long"
+    )
+    max_connections: int = _opt(0, "REALTIME_MAX_CONNECTIONS", "concurrent sockets (0 = unlimited)")
+    max_joins_per_second: int = _opt(0, "REALTIME_MAX_JOINS_PER_SECOND", "joins/s, server-wide (0 = off)")
+    max_events_per_second: int = _opt(
+        0, "REALTIME_MAX_EVENTS_PER_SECOND", "client events/s, server-wide (0 = off; DB rows never count)"
+    )
+    max_client_events_per_second: int = _opt(
+        0, "REALTIME_MAX_CLIENT_EVENTS_PER_SECOND", "client events/s per socket (0 = off)"
+    )
+    outbox_limit_bytes: int = _opt(
+        16 * 1024 * 1024,
+        "REALTIME_OUTBOX_LIMIT_BYTES",
+        "a socket whose unsent frames exceed this is closed (slow consumer)",
+    )
+    shutdown_timeout_s: float = _opt(5.0, "REALTIME_SHUTDOWN_TIMEOUT_S", "grace period on SIGTERM")
+
+    def __post_init__(self) -> None:
+        if self.log_level.lower() not in LOG_LEVELS:
+            raise ValueError(f"log level must be one of {', '.join(LOG_LEVELS)}, not {self.log_level!r}")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port out of range: {self.port}")
+        if self.poll_interval_ms <= 0:
+            raise ValueError("poll interval must be positive")
+
+    @property
+    def max_payload_bytes(self) -> int:
+        return self.max_payload_kb * 1000
+
+    @property
+    def embedded(self) -> bool:
+        return not self.database_url
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    # -- construction -----------------------------------------------------------------------
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            option: Option = f.metadata["option"]
+            raw = environ.get(option.env)
+            if raw is not None and raw != "":
+                values[f.name] = _parse(f, raw)
+        return cls(**values)
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        for f in dataclasses.fields(cls):
+            option: Option = f.metadata["option"]
+            flag = "--" + f.name.replace("_", "-")
+            kind = _kind(f)
+            help_text = f"{option.help} [env {option.env}; default {f.default!r}]"
+            if kind is bool:
+                parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            else:
+                parser.add_argument(flag, default=None, help=help_text, metavar=f.name.upper())
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
+        base = cls.from_env(environ)
+        changes: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            value = getattr(args, f.name, None)
+            if value is not None:
+                changes[f.name] = value if isinstance(value, bool) else _parse(f, str(value))
+        return base.replace(**changes)
+
+
+def _kind(f: dataclasses.Field[Any]) -> type:
+    annotation = str(f.type)
+    for name, kind in (("bool", bool), ("int", int), ("float", float), ("Path", Path)):
+        if annotation.startswith(name):
+            return kind
+    return str
+
+
+def _parse(f: dataclasses.Field[Any], raw: str) -> Any:
+    kind = _kind(f)
+    try:
+        if kind is bool:
+            lowered = raw.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        return kind(raw)
+    except ValueError:
+        raise ValueError(f"invalid value for {f.name}: {raw!r}") from None
