@@ -446,6 +446,9 @@ class RealtimeServer:
             routes.append(web.post(f"{prefix}/broadcast", self.rest_batch))
             routes.append(web.post(prefix + "/broadcast/{topic}/events/{event}", self.rest_single))
         app.add_routes(routes)
+        from .inspector import setup_inspector
+
+        setup_inspector(app, self)
         app.cleanup_ctx.append(self._lifespan)
         app.on_shutdown.append(self._on_shutdown)
         return app

@@ -1,0 +1,269 @@
+"""The inspector: a server-rendered page at ``/`` to watch and poke a running server.
+
+The page talks to the server over the product's own wire protocol (a plain browser
+WebSocket, vsn 1.0.0 or 2.0.0), so what it shows is what any client would see. Its script
+and stylesheet are served from this package; nothing is loaded from anywhere else.
+
+``GET /api/inspector/stats`` reports sockets, channels, topics and message rates. Counts are
+public (as ``/metrics`` is); topic names and per-socket details are shown in demo mode (the
+embedded database, where the server holds the JWT secret and prints its keys anyway) or to a
+``service_role`` token.
+
+In demo mode the page carries a short-lived ``anon`` token minted at render time, so opening
+it is enough to join a public channel; otherwise it asks for a key.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import jinja2
+import orjson
+from aiohttp import web
+
+from . import __version__
+from .auth import AuthError, sign
+
+if TYPE_CHECKING:
+    from .server import RealtimeServer
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+TEMPLATE_DIR = PACKAGE_DIR / "templates"
+STATIC_DIR = PACKAGE_DIR / "static"
+STATIC_PREFIX = "/inspector/static/"
+STATS_PATH = "/api/inspector/stats"
+
+#: Lifetime of the anon token rendered into the page in demo mode.
+PAGE_TOKEN_LIFETIME_S = 8 * 3600
+#: Message rates are averaged over this window.
+RATE_WINDOW_S = 5.0
+#: At most this many sockets are listed one by one.
+MAX_LISTED_SOCKETS = 200
+
+# Same origin only: the page's script, styles and WebSocket come from this server.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+
+INSPECTOR_KEY: web.AppKey[Inspector] = web.AppKey("inspector")
+
+
+@dataclass(frozen=True)
+class Sample:
+    at: float
+    messages: float
+    deliveries: float
+
+
+class Inspector:
+    """The page, its static files and the stats endpoint for one server."""
+
+    def __init__(self, server: RealtimeServer) -> None:
+        self.server = server
+        self.env = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
+            autoescape=jinja2.select_autoescape(default=True, default_for_string=True),
+            undefined=jinja2.StrictUndefined,
+        )
+        self.static: dict[str, tuple[bytes, str]] = {}
+        for path in sorted(STATIC_DIR.iterdir()):
+            if path.is_file() and not path.name.startswith("."):
+                content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+                self.static[path.name] = (path.read_bytes(), content_type)
+        self._samples: deque[Sample] = deque()
+
+    # -- modes and counters --------------------------------------------------------------------
+    @property
+    def demo(self) -> bool:
+        """The embedded database with our own HS secret: the keys are printed at start anyway."""
+        settings = self.server.settings
+        return settings.embedded and bool(settings.jwt_secret)
+
+    def page_token(self) -> str | None:
+        secret = self.server.settings.jwt_secret
+        if not self.demo or not secret:
+            return None
+        now = int(time.time())
+        claims = {"role": "anon", "iss": "pg-realtime", "iat": now, "exp": now + PAGE_TOKEN_LIFETIME_S}
+        return sign(claims, secret)
+
+    def counters(self) -> dict[str, dict[str, float]]:
+        """Totals of the message counters by path, read from the server's Prometheus registry."""
+        wanted = {"realtime_messages_in_total": "messages_in", "realtime_deliveries_total": "deliveries"}
+        totals: dict[str, dict[str, float]] = {name: {} for name in wanted.values()}
+        for family in self.server.metrics.registry.collect():
+            for sample in family.samples:
+                name = wanted.get(sample.name)
+                if name is not None:
+                    path = str(sample.labels.get("path", ""))
+                    totals[name][path] = totals[name].get(path, 0.0) + float(sample.value)
+        for by_path in totals.values():
+            by_path["total"] = sum(by_path.values())
+        return totals
+
+    def rates(self, messages: float, deliveries: float, now: float | None = None) -> tuple[float, float]:
+        """Messages and deliveries per second over the last RATE_WINDOW_S, from counter samples.
+
+        Samples are taken when stats are asked for; the rate compares the newest sample with
+        the oldest one still inside the window (0 until two samples exist).
+        """
+        now = time.monotonic() if now is None else now
+        samples = self._samples
+        samples.append(Sample(now, messages, deliveries))
+        while len(samples) > 2 and now - samples[1].at >= RATE_WINDOW_S:
+            samples.popleft()
+        oldest = samples[0]
+        elapsed = now - oldest.at
+        if elapsed <= 0:
+            return 0.0, 0.0
+        return (
+            max(0.0, (messages - oldest.messages) / elapsed),
+            max(0.0, (deliveries - oldest.deliveries) / elapsed),
+        )
+
+    def may_see_topics(self, request: web.Request) -> bool:
+        if self.demo:
+            return True
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return False
+        try:
+            claims = self.server.verifier.verify(token.strip())
+        except AuthError:
+            return False
+        return claims.get("role") == "service_role"
+
+    def stats(self, detailed: bool) -> dict[str, Any]:
+        server = self.server
+        counters = self.counters()
+        messages_in = counters["messages_in"]
+        deliveries = counters["deliveries"]
+        msg_rate, delivery_rate = self.rates(messages_in["total"], deliveries["total"])
+        stream = server.stream
+        body: dict[str, Any] = {
+            "version": __version__,
+            "demo": self.demo,
+            "uptime_s": round(time.time() - server.started_at, 1),
+            "stream": {
+                "live": bool(stream is not None and stream.live),
+                "reason": stream.reason if stream is not None else "no database configured",
+            },
+            "sockets": len(server.sockets),
+            "channels": server.registry.channel_count,
+            "messages_in": messages_in,
+            "deliveries": deliveries,
+            "messages_per_second": round(msg_rate, 2),
+            "deliveries_per_second": round(delivery_rate, 2),
+            "detailed": detailed,
+            "topics": None,
+            "socket_list": None,
+        }
+        if detailed:
+            body["topics"] = [
+                {"topic": subtopic, "private": private, "subscribers": count}
+                for subtopic, private, count in sorted(server.registry.topics())
+            ]
+            listed = []
+            for sock in list(server.sockets)[:MAX_LISTED_SOCKETS]:
+                listed.append(
+                    {
+                        "vsn": str(sock.vsn),
+                        "role": sock.claims.get("role"),
+                        "channels": [
+                            {"topic": ch.subtopic, "private": ch.private}
+                            for ch in sorted(sock.channels.values(), key=lambda ch: ch.key)
+                        ],
+                        "queued_bytes": sock.outbox.size,
+                    }
+                )
+            body["socket_list"] = listed
+        return body
+
+    # -- handlers ------------------------------------------------------------------------------
+    async def page(self, request: web.Request) -> web.Response:
+        template = self.env.get_template("inspector.html")
+        config = {
+            "version": __version__,
+            "demo": self.demo,
+            "token": self.page_token(),
+            "websocketPath": "/realtime/v1/websocket",
+            "statsPath": STATS_PATH,
+            "tokenLifetimeS": PAGE_TOKEN_LIFETIME_S,
+        }
+        html = template.render(
+            version=__version__,
+            demo=self.demo,
+            config=config,
+            static_prefix=STATIC_PREFIX,
+            database=_describe_database(self.server.database_url),
+        )
+        return web.Response(
+            text=html,
+            content_type="text/html",
+            charset="utf-8",
+            headers={
+                "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+                "Cache-Control": "no-store",
+                "X-Content-Type-Options": "nosniff",
+                "Referrer-Policy": "no-referrer",
+            },
+        )
+
+    async def static_file(self, request: web.Request) -> web.Response:
+        entry = self.static.get(request.match_info["name"])
+        if entry is None:
+            raise web.HTTPNotFound()
+        body, content_type = entry
+        return web.Response(
+            body=body,
+            content_type=content_type,
+            headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
+        )
+
+    async def stats_endpoint(self, request: web.Request) -> web.Response:
+        body = self.stats(detailed=self.may_see_topics(request))
+        return web.Response(
+            body=orjson.dumps(body),
+            content_type="application/json",
+            headers={"Cache-Control": "no-store"},
+        )
+
+
+def _describe_database(url: str | None) -> str:
+    """Where the server reads from, without credentials."""
+    if not url:
+        return "no database configured"
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        params = conninfo_to_dict(url)
+    except Exception:
+        return "configured"
+    host = params.get("host") or "local socket"
+    port = params.get("port") or "5432"
+    dbname = params.get("dbname") or ""
+    return f"{host}:{port}/{dbname}"
+
+
+def setup_inspector(app: web.Application, server: RealtimeServer) -> Inspector:
+    """Add the inspector's routes to the server's application."""
+    inspector = Inspector(server)
+    app[INSPECTOR_KEY] = inspector
+    app.add_routes(
+        [
+            web.get("/", inspector.page),
+            web.get(STATIC_PREFIX + "{name}", inspector.static_file),
+            web.get(STATS_PATH, inspector.stats_endpoint),
+        ]
+    )
+    return inspector
+
+
+__all__ = ["INSPECTOR_KEY", "Inspector", "setup_inspector"]

@@ -1,0 +1,387 @@
+"""Database messages to subscribers: every committed row, exactly once, in commit order.
+
+The ground truth is the table itself: after the writers finish, the rows present in
+realtime.messages are exactly the committed ones, and each subscriber must have received
+exactly those (no loss, no duplicate, nothing rolled back), in each writer's order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from collections import defaultdict
+from typing import Any
+
+import orjson
+import psycopg
+import pytest
+
+from .wire import RawSocket
+
+pytestmark = pytest.mark.asyncio
+
+
+def decode_db_frame(frame: Any) -> tuple[str, str, Any, dict[str, Any]]:
+    """(subtopic, event, payload, meta) of a broadcast frame in any of the three wire forms."""
+    if isinstance(frame, bytes):
+        assert frame[0] == 4
+        topic_len, event_len, meta_len, enc = frame[1], frame[2], frame[3], frame[4]
+        pos = 5
+        topic = frame[pos : pos + topic_len].decode()
+        pos += topic_len
+        event = frame[pos : pos + event_len].decode()
+        pos += event_len
+        meta = orjson.loads(frame[pos : pos + meta_len]) if meta_len else {}
+        pos += meta_len
+        payload = orjson.loads(frame[pos:]) if enc == 1 else frame[pos:]
+        return topic.removeprefix("realtime:"), event, payload, meta
+    if isinstance(frame, list):
+        body = frame[4]
+        return frame[2].removeprefix("realtime:"), body["event"], body["payload"], body.get("meta", {})
+    body = frame["payload"]
+    return frame["topic"].removeprefix("realtime:"), body["event"], body["payload"], body.get("meta", {})
+
+
+def run_sql(dsn: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        cur = conn.execute(sql, params)
+        return cur.fetchall() if cur.description else []
+
+
+async def test_public_send_reaches_public_subscribers_of_that_topic_only(live_server, db_dsn):
+    s = live_server
+    async with (
+        await RawSocket.connect(s.url, s.token()) as v2,
+        await RawSocket.connect(s.url, s.token(), vsn="1.0.0") as v1,
+        await RawSocket.connect(s.url, s.token()) as other_topic,
+    ):
+        await v2.join("room1")
+        await v1.join("room1")
+        await other_topic.join("room2")
+        run_sql(db_dsn, "select realtime.send('{\"a\": 1}'::jsonb, 'hello', 'room1', false)")
+        row_id = run_sql(db_dsn, "select id::text from realtime.messages where topic = 'room1'")[0][0]
+        binary = await v2.recv()
+        assert isinstance(binary, bytes)
+        assert decode_db_frame(binary) == ("room1", "hello", {"a": 1, "id": row_id}, {"id": row_id})
+        assert await v1.recv() == {
+            "topic": "realtime:room1",
+            "event": "broadcast",
+            "payload": {
+                "event": "hello",
+                "payload": {"a": 1, "id": row_id},
+                "type": "broadcast",
+                "meta": {"id": row_id},
+            },
+            "ref": None,
+        }
+        await other_topic.expect_silence()
+
+
+async def test_private_rows_do_not_reach_public_channels(live_server, db_dsn):
+    s = live_server
+    async with await RawSocket.connect(s.url, s.token()) as ws:
+        await ws.join("room1")
+        run_sql(db_dsn, "select realtime.send('{\"a\": 1}'::jsonb, 'hello', 'room1')")  # private by default
+        run_sql(db_dsn, "select realtime.send('{\"b\": 2}'::jsonb, 'hello', 'room1', false)")
+        assert decode_db_frame(await ws.recv())[2]["b"] == 2
+        await ws.expect_silence()
+
+
+async def test_rolled_back_sends_are_never_delivered(live_server, db_dsn):
+    s = live_server
+    async with await RawSocket.connect(s.url, s.token()) as ws:
+        await ws.join("room1")
+        with psycopg.connect(db_dsn) as conn:
+            conn.execute("select realtime.send('{\"n\": 1}'::jsonb, 'e', 'room1', false)")
+            conn.rollback()
+            conn.execute("select realtime.send('{\"n\": 2}'::jsonb, 'e', 'room1', false)")
+            conn.commit()
+        assert decode_db_frame(await ws.recv())[2]["n"] == 2
+        await ws.expect_silence()
+
+
+async def test_long_transaction_delays_only_its_own_rows(live_server, db_dsn):
+    s = live_server
+    async with await RawSocket.connect(s.url, s.token()) as ws:
+        await ws.join("room1")
+        slow = psycopg.connect(db_dsn)
+        try:
+            slow.execute("select realtime.send('{\"who\": \"slow\"}'::jsonb, 'e', 'room1', false)")
+            # A later transaction (larger xid? not necessarily earlier commit) commits first.
+            run_sql(db_dsn, "select realtime.send('{\"who\": \"fast\"}'::jsonb, 'e', 'room1', false)")
+            assert decode_db_frame(await ws.recv())[2]["who"] == "fast"
+            await ws.expect_silence(0.3)  # many reads pass while the slow one is open
+            slow.commit()
+            assert decode_db_frame(await ws.recv())[2]["who"] == "slow"
+        finally:
+            slow.close()
+
+
+async def test_rows_of_one_transaction_arrive_in_insertion_order(live_server, db_dsn):
+    s = live_server
+    async with await RawSocket.connect(s.url, s.token(), vsn="1.0.0") as ws:
+        await ws.join("room1")
+        with psycopg.connect(db_dsn) as conn:
+            for n in range(50):
+                conn.execute(
+                    "select realtime.send(jsonb_build_object('n', %s::int), 'e', 'room1', false)", (n,)
+                )
+        received = [decode_db_frame(await ws.recv())[2]["n"] for _ in range(50)]
+        assert received == list(range(50))
+
+
+async def test_binary_rows_go_to_v2_as_binary_and_not_to_v1(live_server, db_dsn):
+    s = live_server
+    async with (
+        await RawSocket.connect(s.url, s.token()) as v2,
+        await RawSocket.connect(s.url, s.token(), vsn="1.0.0") as v1,
+    ):
+        await v2.join("bin")
+        await v1.join("bin")
+        run_sql(db_dsn, "select realtime.send_binary('\\x00ff01'::bytea, 'blob', 'bin', false)")
+        frame = await v2.recv()
+        assert isinstance(frame, bytes)
+        assert frame[4] == 0  # raw bytes, not JSON
+        assert decode_db_frame(frame)[2] == b"\x00\xff\x01"
+        await v1.expect_silence()
+
+
+async def test_broadcast_changes_trigger_payloads_on_a_public_topic(live_server, db_dsn):
+    s = live_server
+    run_sql(
+        db_dsn,
+        """
+        create table public.todos (id int primary key, title text);
+        create function public.todos_changes() returns trigger language plpgsql as $$
+        begin
+          -- broadcast_changes() always sends private; this wrapper publishes the same payload publicly.
+          perform realtime.send(
+            jsonb_build_object('old_record', case when tg_op = 'INSERT' then null else to_jsonb(old) end,
+                               'record', case when tg_op = 'DELETE' then null else to_jsonb(new) end,
+                               'operation', tg_op, 'table', tg_table_name, 'schema', tg_table_schema),
+            tg_op, 'todos', false);
+          return null;
+        end $$;
+        create trigger todos_changes after insert or update or delete on public.todos
+          for each row execute function public.todos_changes();
+        """,
+    )
+    async with await RawSocket.connect(s.url, s.token()) as ws:
+        await ws.join("todos")
+        run_sql(db_dsn, "insert into public.todos values (1, 'a')")
+        run_sql(db_dsn, "update public.todos set title = 'b' where id = 1")
+        run_sql(db_dsn, "delete from public.todos where id = 1")
+        frames = [decode_db_frame(await ws.recv()) for _ in range(3)]
+    keys = {"id", "schema", "table", "operation", "record", "old_record"}
+    insert, update, delete = (f[2] for f in frames)
+    assert [f[1] for f in frames] == ["INSERT", "UPDATE", "DELETE"]
+    assert set(insert) == set(update) == set(delete) == keys
+    assert insert["record"] == {"id": 1, "title": "a"} and insert["old_record"] is None
+    assert update["record"] == {"id": 1, "title": "b"} and update["old_record"] == {"id": 1, "title": "a"}
+    assert delete["record"] is None and delete["old_record"] == {"id": 1, "title": "b"}
+    assert insert["schema"] == "public" and insert["table"] == "todos"
+
+
+class Subscriber:
+    """A raw socket that records every database message it receives, per topic."""
+
+    def __init__(self, ws: RawSocket) -> None:
+        self.ws = ws
+        self.received: dict[str, list[tuple[str, Any]]] = defaultdict(list)
+        self.task: asyncio.Task[None] | None = None
+
+    async def pump(self) -> None:
+        while True:
+            try:
+                frame = await self.ws.recv(timeout=3600)
+            except TimeoutError:
+                return
+            if isinstance(frame, bytes) or (isinstance(frame, dict | list) and _is_broadcast(frame)):
+                topic, _event, payload, meta = decode_db_frame(frame)
+                self.received[topic].append((meta["id"], payload))
+
+
+def _is_broadcast(frame: Any) -> bool:
+    return (frame[3] if isinstance(frame, list) else frame.get("event")) == "broadcast"
+
+
+def writer(dsn: str, writer_id: int, topics: list[str], transactions: int, seed: int, stop_at: float) -> None:
+    """Sequential transactions of 1-3 sends; about 10% rolled back on purpose."""
+    rng = random.Random(seed)
+    with psycopg.connect(dsn) as conn:
+        for tx in range(transactions):
+            if time.monotonic() > stop_at:
+                break
+            for k in range(rng.randint(1, 3)):
+                conn.execute(
+                    "select realtime.send(jsonb_build_object('w', %s::int, 'tx', %s::int, 'k', %s::int),"
+                    " 'e', %s, false)",
+                    (writer_id, tx, k, rng.choice(topics)),
+                )
+            if rng.random() < 0.1:
+                conn.rollback()
+            else:
+                conn.commit()
+
+
+def check_subscriber(sub: Subscriber, dsn: str, topics: list[str]) -> int:
+    """Exactly the committed rows, each once, in each writer's commit order."""
+    checked = 0
+    for topic in topics:
+        committed = {
+            row_id
+            for (row_id,) in run_sql(dsn, "select id::text from realtime.messages where topic = %s", (topic,))
+        }
+        got = [row_id for row_id, _ in sub.received[topic]]
+        assert len(got) == len(set(got)), f"duplicates on {topic}"
+        assert set(got) == committed, f"{topic}: missing {committed - set(got)}, extra {set(got) - committed}"
+        last: dict[int, tuple[int, int]] = {}
+        for _row_id, payload in sub.received[topic]:
+            if "w" not in payload:
+                continue
+            position = (payload["tx"], payload["k"])
+            assert position > last.get(payload["w"], (-1, -1)), f"out of order on {topic}: {payload}"
+            last[payload["w"]] = position
+        checked += len(got)
+    return checked
+
+
+@pytest.mark.slow
+async def test_torture_concurrent_writers_rollbacks_and_long_transactions(make_server, db_dsn):
+    server = await make_server(db_dsn)
+    topics = [f"torture-{i}" for i in range(4)]
+    subscribers: list[Subscriber] = []
+    for i in range(8):  # two subscribers per topic in each format, every socket on all topics
+        ws = await RawSocket.connect(server.url, server.token(), vsn="2.0.0" if i % 2 else "1.0.0")
+        for topic in topics:
+            await ws.join(topic)
+        subscribers.append(Subscriber(ws))
+    for sub in subscribers:
+        sub.task = asyncio.create_task(sub.pump())
+
+    long_commit = psycopg.connect(db_dsn)
+    long_rollback = psycopg.connect(db_dsn)
+    long_commit.execute("select realtime.send('{\"long\": \"commit\"}'::jsonb, 'e', %s, false)", (topics[0],))
+    long_rollback.execute(
+        "select realtime.send('{\"long\": \"rollback\"}'::jsonb, 'e', %s, false)", (topics[1],)
+    )
+
+    stop_at = time.monotonic() + 40  # bound the run on a slow machine
+    threads = [
+        threading.Thread(target=writer, args=(db_dsn, w, topics, 250, 1000 + w, stop_at)) for w in range(8)
+    ]
+    for t in threads:
+        t.start()
+    await asyncio.sleep(0.5)  # many reads happen while both long transactions stay open
+    await asyncio.to_thread(lambda: [t.join() for t in threads])
+    long_commit.commit()
+    long_rollback.rollback()
+    long_commit.close()
+    long_rollback.close()
+
+    total = run_sql(db_dsn, "select count(*) from realtime.messages where topic like 'torture-%'")[0][0]
+    assert total > 1000
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if all(sum(len(v) for v in sub.received.values()) >= total for sub in subscribers):
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)  # anything extra (a duplicate) would arrive now
+    for sub in subscribers:
+        assert sub.task is not None
+        sub.task.cancel()
+        await sub.ws.close()
+    for sub in subscribers:
+        assert check_subscriber(sub, db_dsn, topics) == total
+        payloads = [p for rows in sub.received.values() for _, p in rows]
+        assert {
+            "long": "commit",
+            "id": payloads[[p.get("long") for p in payloads].index("commit")]["id"],
+        } in payloads
+        assert not any(p.get("long") == "rollback" for p in payloads)
+
+
+@pytest.mark.slow
+async def test_postgres_restart_mid_stream_loses_and_repeats_nothing(make_server, fresh_cluster):
+    cluster = fresh_cluster()
+    dsn = cluster.dsn()
+    run_sql(dsn, "create extension realtime")
+    server = await make_server(dsn)
+    subscribers = []
+    for vsn in ("1.0.0", "2.0.0"):
+        ws = await RawSocket.connect(server.url, server.token(), vsn=vsn)
+        await ws.join("restart")
+        sub = Subscriber(ws)
+        sub.task = asyncio.create_task(sub.pump())
+        subscribers.append(sub)
+
+    stop = threading.Event()
+
+    def keep_sending() -> None:
+        n = 0
+        while not stop.is_set():
+            try:
+                with psycopg.connect(dsn, autocommit=True, connect_timeout=2) as conn:
+                    while not stop.is_set():
+                        conn.execute(
+                            "select realtime.send(jsonb_build_object('n', %s::int), 'e', 'restart', false)",
+                            (n,),
+                        )
+                        n += 1
+                        time.sleep(0.002)
+            except psycopg.Error:
+                time.sleep(0.05)  # the server is restarting; a commit that failed simply did not happen
+
+    sender = threading.Thread(target=keep_sending)
+    sender.start()
+    await asyncio.sleep(0.7)
+    await asyncio.to_thread(cluster.restart, "fast")
+    await asyncio.sleep(0.2)
+    assert server.server.stream is not None
+    await server.wait_live(timeout=20)
+    await asyncio.sleep(0.7)
+    stop.set()
+    await asyncio.to_thread(sender.join)
+
+    committed = {r for (r,) in run_sql(dsn, "select id::text from realtime.messages where topic = 'restart'")}
+    assert len(committed) > 50
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(
+        len(s.received["restart"]) < len(committed) for s in subscribers
+    ):
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)
+    for sub in subscribers:
+        assert sub.task is not None
+        sub.task.cancel()
+        await sub.ws.close()
+        got = [row_id for row_id, _ in sub.received["restart"]]
+        assert len(got) == len(set(got))
+        assert set(got) == committed
+        numbers = [payload["n"] for _, payload in sub.received["restart"]]
+        assert numbers == sorted(numbers)
+
+
+async def test_healthz_follows_the_database(make_server, fresh_cluster):
+    import aiohttp
+
+    cluster = fresh_cluster()
+    dsn = cluster.dsn()
+    run_sql(dsn, "create extension realtime")
+    server = await make_server(dsn)
+    async with aiohttp.ClientSession() as http:
+        assert (await http.get(f"{server.url}/healthz")).status == 200
+        await asyncio.to_thread(cluster.stop, "fast")
+        deadline = time.monotonic() + 10
+        status = 200
+        while time.monotonic() < deadline and status == 200:
+            await asyncio.sleep(0.05)
+            status = (await http.get(f"{server.url}/healthz")).status
+        response = await http.get(f"{server.url}/healthz")
+        assert response.status == 503
+        assert (await response.json())["status"] == "unavailable"
+        await asyncio.to_thread(cluster.start)
+        await server.wait_live(timeout=20)
+        assert (await http.get(f"{server.url}/healthz")).status == 200
