@@ -22,7 +22,7 @@ include $(PGXS)
 # script as CREATE EXTENSION expects.
 sql/$(EXTENSION)--$(EXTVERSION).sql: $(SQL_SOURCES) $(EXTENSION).control
 	@echo "-- Generated from sql/src/*.sql by make; edit those files, not this one." > $@
-	@echo "\\echo Use \"CREATE EXTENSION $(EXTENSION)\" to load this file. \\quit" >> $@
+	@printf '%s\n' '\echo Use "CREATE EXTENSION $(EXTENSION)" to load this file. \quit' >> $@
 	@for f in $(SQL_SOURCES); do printf '\n-- %s\n' "$$f" >> $@; cat "$$f" >> $@; done
 
 # ---- Python side ------------------------------------------------------------------------

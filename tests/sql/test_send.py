@@ -1,0 +1,255 @@
+"""realtime.send(), realtime.send_binary() and realtime.topic(): what lands, and that nothing raises."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import uuid
+
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+
+from .conftest import WARN_PREFIX, Notices, count, drop_partition, partition_name, utc_today
+
+COLUMNS = "topic, extension, payload, event, private, updated_at, inserted_at, id, binary_payload, xid, seq"
+
+
+def messages(conn: psycopg.Connection) -> list[dict[str, object]]:
+    """Every message, in delivery order: by transaction, then by send."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(f"select {COLUMNS} from realtime.messages order by xid, seq").fetchall()
+
+
+def test_send_row_shape(db: psycopg.Connection, notices: Notices) -> None:
+    with db.transaction():
+        xid = db.execute("select pg_current_xact_id()::text").fetchone()[0]
+        now_utc = db.execute("select timezone('utc', now())").fetchone()[0]
+        db.execute("""select realtime.send('{"body": "hi"}', 'greet', 'room')""")
+        db.execute("""select realtime.send('{"n": 2}', 'greet', 'room', private => false)""")
+        db.execute("""select realtime.send('{"n": 3}', 'greet', 'room', false)""")
+
+    rows = messages(db)
+    assert len(rows) == 3
+    first = rows[0]
+    assert first["topic"] == "room"
+    assert first["extension"] == "broadcast"
+    assert first["event"] == "greet"
+    assert first["private"] is True  # send() defaults to private
+    assert first["binary_payload"] is None
+    assert isinstance(first["id"], uuid.UUID)
+    assert first["payload"] == {"body": "hi", "id": str(first["id"])}
+    assert first["inserted_at"] == now_utc
+    assert first["updated_at"] == now_utc
+    assert [r["private"] for r in rows] == [True, False, False]
+    # Every row carries the writing transaction's id, and seq follows insertion order.
+    assert {str(r["xid"]) for r in rows} == {xid}
+    seqs = [r["seq"] for r in rows]
+    assert seqs == sorted(seqs)
+    assert len(set(seqs)) == 3
+    assert [r["payload"]["n"] for r in rows[1:]] == [2, 3]
+    assert notices.warnings == []
+
+
+def test_xid_is_the_top_level_transaction_inside_savepoints(db: psycopg.Connection) -> None:
+    with db.transaction():
+        xid = db.execute("select pg_current_xact_id()::text").fetchone()[0]
+        with db.transaction():  # a savepoint, around send()'s own subtransaction
+            db.execute("select realtime.send('{}', 'e', 'room')")
+            db.execute("select realtime.send_binary('\\x00', 'e', 'room')")
+    assert [str(r["xid"]) for r in messages(db)] == [xid, xid]
+
+
+def test_send_keeps_the_callers_id(db: psycopg.Connection) -> None:
+    db.execute("""select realtime.send('{"id": "mine", "x": 1}', 'e', 'room')""")
+    (row,) = messages(db)
+    assert row["payload"] == {"id": "mine", "x": 1}
+    assert isinstance(row["id"], uuid.UUID)  # the row still gets its own id
+
+
+def test_timestamps_are_utc_whatever_the_session_time_zone(db: psycopg.Connection) -> None:
+    db.execute("set timezone = 'Pacific/Kiritimati'")  # UTC+14: usually another calendar day
+    with db.transaction():
+        db.execute("select realtime.send('{}', 'e', 'room')")
+        expected = db.execute("select timezone('utc', now())").fetchone()[0]
+    (row,) = messages(db)
+    assert row["inserted_at"] == expected
+    assert db.execute("select tableoid::regclass::text from realtime.messages").fetchone()[0] == (
+        partition_name(expected.date())
+    )
+
+
+def test_send_binary_row_shape(db: psycopg.Connection, notices: Notices) -> None:
+    db.execute("select realtime.send_binary('\\x00ff10'::bytea, 'blob', 'room')")
+    db.execute("select realtime.send_binary('\\x01'::bytea, 'blob', 'room', private => false)")
+    rows = messages(db)
+    assert len(rows) == 2
+    assert rows[0]["binary_payload"] == b"\x00\xff\x10"
+    assert rows[0]["payload"] is None
+    assert rows[0]["extension"] == "broadcast"
+    assert rows[0]["event"] == "blob"
+    assert rows[0]["topic"] == "room"
+    assert [r["private"] for r in rows] == [True, False]
+    assert notices.warnings == []
+
+
+def test_payload_and_binary_payload_are_exclusive(db: psycopg.Connection) -> None:
+    with pytest.raises(psycopg.errors.CheckViolation, match="messages_payload_exclusive"):
+        db.execute(
+            "insert into realtime.messages (topic, extension, payload, binary_payload)"
+            " values ('room', 'broadcast', '{}', '\\x00')"
+        )
+
+
+def test_topic_is_set_for_the_rest_of_the_transaction(db: psycopg.Connection) -> None:
+    assert db.execute("select realtime.topic()").fetchone()[0] is None
+    with db.transaction():
+        db.execute("select realtime.send('{}', 'e', 'room-1')")
+        assert db.execute("select realtime.topic()").fetchone()[0] == "room-1"
+    assert db.execute("select realtime.topic()").fetchone()[0] is None
+
+
+@pytest.fixture
+def room_policy(db: psycopg.Connection) -> None:
+    """authenticated may write to topic 'room' only (an INSERT policy, as Supabase's docs write it)."""
+    db.execute(
+        "create policy room_writers on realtime.messages for insert to authenticated"
+        " with check (realtime.topic() = 'room' and realtime.messages.extension = 'broadcast')"
+    )
+
+
+@pytest.mark.usefixtures("room_policy")
+def test_insert_policy_sees_the_topic(db: psycopg.Connection, notices: Notices) -> None:
+    db.execute("set role authenticated")
+    db.execute("select realtime.send('{\"a\": 1}', 'e', 'room')")
+    db.execute("select realtime.send('{\"a\": 2}', 'e', 'other')")
+    db.execute("select realtime.send_binary('\\x02', 'e', 'room')")
+    db.execute("select realtime.send_binary('\\x03', 'e', 'other')")
+    db.execute("reset role")
+
+    rows = messages(db)
+    assert [r["topic"] for r in rows] == ["room", "room"]
+    assert rows[0]["payload"]["a"] == 1
+    assert rows[1]["binary_payload"] == b"\x02"
+    assert len(notices.warnings) == 2
+    for warning in notices.warnings:
+        assert warning.startswith(WARN_PREFIX)
+        assert "row-level security" in warning
+
+
+@pytest.mark.usefixtures("room_policy")
+def test_denied_send_does_not_abort_the_callers_work(db: psycopg.Connection, notices: Notices) -> None:
+    db.execute("create table public.orders (id int primary key)")
+    db.execute("grant insert, select on public.orders to authenticated")
+    with db.transaction():
+        db.execute("set local role authenticated")
+        db.execute("insert into public.orders values (1)")
+        db.execute("select realtime.send('{}', 'e', 'forbidden')")  # denied by RLS: a warning only
+        db.execute("insert into public.orders values (2)")
+        db.execute("select realtime.send('{}', 'e', 'room')")
+    assert count(db, "select count(*) from public.orders") == 2
+    assert [r["topic"] for r in messages(db)] == ["room"]
+    assert len(notices.warnings) == 1
+    assert notices.warnings[0].startswith(WARN_PREFIX)
+
+
+def test_role_without_table_privileges_gets_a_warning(db: psycopg.Connection, notices: Notices) -> None:
+    db.execute("create role nobody_special")
+    db.execute("set role nobody_special")
+    db.execute("select realtime.send('{}', 'e', 'room')")  # EXECUTE and schema USAGE are PUBLIC's
+    db.execute("reset role")
+    assert messages(db) == []
+    assert len(notices.warnings) == 1
+    assert notices.warnings[0].startswith(WARN_PREFIX + "permission denied")
+
+
+def test_null_topic_is_a_warning(db: psycopg.Connection, notices: Notices) -> None:
+    with db.transaction():
+        db.execute("create table public.audit (n int)")
+        db.execute("select realtime.send('{}', 'e', null)")
+        db.execute("select realtime.send_binary('\\x00', 'e', null)")
+        db.execute("insert into public.audit values (1)")
+    assert count(db, "select count(*) from public.audit") == 1
+    assert messages(db) == []
+    assert len(notices.warnings) == 2
+    assert all(w.startswith(WARN_PREFIX) and '"topic"' in w for w in notices.warnings)
+
+
+def test_missing_partition_lands_in_the_default_partition(db: psycopg.Connection, notices: Notices) -> None:
+    drop_partition(db, partition_name(utc_today(db)))
+    db.execute("select realtime.send('{}', 'e', 'room')")
+    db.execute("select realtime.send_binary('\\x00', 'e', 'room')")
+    assert notices.warnings == []
+    assert count(db, "select count(*) from realtime.messages_default") == 2
+    assert len(messages(db)) == 2
+
+
+def test_rolled_back_transaction_leaves_no_message(db: psycopg.Connection) -> None:
+    with db.transaction(force_rollback=True):
+        db.execute("select realtime.send('{}', 'e', 'room')")
+        db.execute("select realtime.send_binary('\\x00', 'e', 'room')")
+        assert len(messages(db)) == 2
+    assert messages(db) == []
+
+
+def test_concurrent_transactions_all_land(db: psycopg.Connection, db_dsn: str) -> None:
+    writers, transactions = 8, 40
+    errors: list[BaseException] = []
+    expected: list[int] = [0] * writers
+    start = threading.Barrier(writers)
+
+    def write(n: int) -> None:
+        rng = random.Random(n)
+        try:
+            with psycopg.connect(db_dsn, autocommit=True) as conn:
+                notices = Notices(conn)
+                start.wait()
+                for t in range(transactions):
+                    sends = rng.randint(1, 3)
+                    rollback = rng.random() < 0.1
+                    with conn.transaction(force_rollback=rollback):
+                        for s in range(sends):
+                            payload = json.dumps({"writer": n, "t": t, "s": s})
+                            conn.execute("select realtime.send(%s::jsonb, 'e', 'load')", (payload,))
+                    if not rollback:
+                        expected[n] += sends
+                assert notices.warnings == []
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+
+    rows = messages(db)
+    assert len(rows) == sum(expected)
+    for n in range(writers):
+        assert sum(1 for r in rows if r["payload"]["writer"] == n) == expected[n]
+    # Within each transaction, seq follows the order of the sends.
+    by_xid: dict[str, list[dict[str, object]]] = {}
+    for row in rows:
+        by_xid.setdefault(str(row["xid"]), []).append(row)
+    for group in by_xid.values():
+        assert [r["payload"]["s"] for r in group] == list(range(len(group)))
+        assert len({(r["payload"]["writer"], r["payload"]["t"]) for r in group}) == 1
+
+
+def test_write_path_has_no_notify(db: psycopg.Connection) -> None:
+    # No trigger and no pg_notify(): NOTIFY takes a commit-time lock that serializes writers.
+    triggers = count(
+        db,
+        "select count(*) from pg_trigger"
+        " where tgrelid = 'realtime.messages'::regclass"
+        " or tgrelid in (select inhrelid from pg_inherits where inhparent = 'realtime.messages'::regclass)",
+    )
+    assert triggers == 0
+    sources = db.execute(
+        "select prosrc from pg_proc where pronamespace = 'realtime'::regnamespace"
+        " and proname in ('send', 'send_binary', 'broadcast_changes')"
+    ).fetchall()
+    assert len(sources) == 3
+    assert not any("notify" in source.lower() for (source,) in sources)
