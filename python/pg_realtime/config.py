@@ -39,6 +39,7 @@ class Settings:
     host: str = _opt("127.0.0.1", "REALTIME_HOST", "address to listen on")
     port: int = _opt(4000, "REALTIME_PORT", "port to listen on (0 picks a free one)")
     log_level: str = _opt("info", "REALTIME_LOG_LEVEL", "debug, info, warning or error")
+    log_format: str = _opt("text", "REALTIME_LOG_FORMAT", "text, or json (one object per line)")
     # -- auth -------------------------------------------------------------------------------
     jwt_secret: str | None = _opt(None, "REALTIME_JWT_SECRET", "HS256/384/512 secret for client tokens")
     jwks: str | None = _opt(
@@ -83,6 +84,8 @@ class Settings:
     def __post_init__(self) -> None:
         if self.log_level.lower() not in LOG_LEVELS:
             raise ValueError(f"log level must be one of {', '.join(LOG_LEVELS)}, not {self.log_level!r}")
+        if self.log_format not in ("text", "json"):
+            raise ValueError(f"log format must be text or json, not {self.log_format!r}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port out of range: {self.port}")
         if self.poll_interval_ms <= 0:

@@ -169,7 +169,10 @@ class EmbeddedPostgres:
         options = {
             "port": str(self.port),
             "listen_addresses": self.host,
-            "unix_socket_directories": str(self.socket_dir),
+            # A Unix socket path holds at most 107 bytes; a deeper data directory gets TCP only.
+            "unix_socket_directories": str(self.socket_dir)
+            if len(str(self.socket_dir / ".s.PGSQL.65535")) <= 107
+            else "''",
             "max_connections": "200",
             "timezone": "UTC",
         }

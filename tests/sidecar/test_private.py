@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 
 import aiohttp
 import psycopg
@@ -300,3 +301,38 @@ async def test_replay_delivers_recent_private_messages_first(server, db_dsn):
             public["response"]["reason"]
             == "UnableToReplayMessages: Replay is not allowed for public channels"
         )
+
+
+async def test_sidecar_runs_as_the_least_privileged_role_the_readme_describes(make_server, db_dsn):
+    """Not a superuser: BYPASSRLS, grant_access, maintain, and membership in the roles it switches to."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    role = f"sidecar_{uuid.uuid4().hex[:8]}"
+    run_sql(db_dsn, POLICIES)
+    run_sql(
+        db_dsn,
+        f"""create role {role} login bypassrls;
+            select realtime.grant_access('{role}');
+            grant execute on function realtime.maintain(interval, integer) to {role};
+            grant anon, authenticated, service_role to {role};""",
+    )
+    params = conninfo_to_dict(db_dsn)
+    params["user"] = role
+    try:
+        server = await make_server(make_conninfo(**params))
+        await server.server.maintain()
+        ws, reply = await join_private(server, "room-rw", server.token("authenticated"))
+        async with ws:
+            assert reply["status"] == "ok"
+            await ws.send(
+                "realtime:room-rw", "broadcast", {"type": "broadcast", "event": "e", "payload": {}}, ref="5"
+            )
+            assert reply_of(await ws.recv()) == {"status": "ok", "response": {}}
+            run_sql(db_dsn, "select realtime.send('{\"n\": 1}'::jsonb, 'e', 'room-rw')")
+            assert decode_db_frame(await ws.recv())[2]["n"] == 1
+        ws, reply = await join_private(server, "room-rw", server.token("anon"))
+        await ws.close()
+        assert reply["status"] == "error"
+        await server.stop()
+    finally:
+        run_sql(db_dsn, f"drop owned by {role}; drop role {role}")

@@ -314,3 +314,33 @@ async def test_bare_socket_path_and_header_tokens_work(server):
         await ws.send_json({"topic": "phoenix", "event": "heartbeat", "payload": {}, "ref": "1"})
         assert (await ws.receive_json())["payload"]["status"] == "ok"
         await ws.close()
+
+
+async def test_jwks_tokens_at_connect_and_join(make_server):
+    import json
+
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from jwt.algorithms import ECAlgorithm
+
+    private = ec.generate_private_key(ec.SECP256R1())
+    public = json.loads(ECAlgorithm.to_jwk(private.public_key()))
+    public["kid"] = "es-1"
+    server = await make_server(None, jwks=json.dumps({"keys": [public]}))
+    exp = int(time.time()) + 60
+    token = jwt.encode(
+        {"role": "authenticated", "exp": exp}, private, algorithm="ES256", headers={"kid": "es-1"}
+    )
+    async with await RawSocket.connect(server.url, token) as ws:
+        assert reply_of(await ws.join("room"))["status"] == "ok"
+        other = jwt.encode(
+            {"role": "authenticated", "exp": exp}, private, algorithm="ES256", headers={"kid": "nope"}
+        )
+        reply = reply_of(await ws.join("room2", access_token=other))
+        assert reply["response"]["reason"].startswith(
+            "JwtSignerError: Failed to generate JWT signer for key ID"
+        )
+    async with aiohttp.ClientSession() as http:
+        forged = jwt.encode({"role": "service_role", "exp": exp}, "a-guessed-secret-" * 3, algorithm="HS256")
+        response = await http.get(f"{server.url}/realtime/v1/websocket?apikey={forged}&vsn=2.0.0")
+        assert response.status == 401
