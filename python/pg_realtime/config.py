@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,7 +94,8 @@ class Settings:
 
     @property
     def max_payload_bytes(self) -> int:
-        return self.max_payload_kb * 1000
+        # 0 = no limit, as for the other limits.
+        return self.max_payload_kb * 1000 if self.max_payload_kb > 0 else sys.maxsize
 
     @property
     def embedded(self) -> bool:

@@ -76,7 +76,7 @@ class Inspector:
             if path.is_file() and not path.name.startswith("."):
                 content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
                 self.static[path.name] = (path.read_bytes(), content_type)
-        self._samples: deque[Sample] = deque()
+        self._samples: deque[Sample] = deque(maxlen=1000)
 
     # -- modes and counters --------------------------------------------------------------------
     @property
@@ -110,21 +110,25 @@ class Inspector:
     def rates(self, messages: float, deliveries: float, now: float | None = None) -> tuple[float, float]:
         """Messages and deliveries per second over the last RATE_WINDOW_S, from counter samples.
 
-        Samples are taken when stats are asked for; the rate compares the newest sample with
-        the oldest one still inside the window (0 until two samples exist).
+        Samples are taken when stats are asked for. The rate runs from the oldest earlier sample
+        inside the window (or, after a pause in polling, the newest one before it) to now.
         """
         now = time.monotonic() if now is None else now
         samples = self._samples
-        samples.append(Sample(now, messages, deliveries))
-        while len(samples) > 2 and now - samples[1].at >= RATE_WINDOW_S:
+        start = now - RATE_WINDOW_S
+        # Keep at most one sample from before the window: the fallback baseline.
+        while len(samples) > 1 and samples[1].at < start:
             samples.popleft()
-        oldest = samples[0]
-        elapsed = now - oldest.at
-        if elapsed <= 0:
+        baseline = samples[0] if samples else None
+        if len(samples) > 1 and samples[0].at < start:
+            baseline = samples[1]
+        samples.append(Sample(now, messages, deliveries))
+        if baseline is None or now - baseline.at <= 0:
             return 0.0, 0.0
+        elapsed = now - baseline.at
         return (
-            max(0.0, (messages - oldest.messages) / elapsed),
-            max(0.0, (deliveries - oldest.deliveries) / elapsed),
+            max(0.0, (messages - baseline.messages) / elapsed),
+            max(0.0, (deliveries - baseline.deliveries) / elapsed),
         )
 
     def may_see_topics(self, request: web.Request) -> bool:
@@ -219,7 +223,7 @@ class Inspector:
     async def static_file(self, request: web.Request) -> web.Response:
         entry = self.static.get(request.match_info["name"])
         if entry is None:
-            raise web.HTTPNotFound()
+            return web.Response(status=404, text="404: Not Found")
         body, content_type = entry
         return web.Response(
             body=body,

@@ -35,6 +35,7 @@ log = logging.getLogger("pg_realtime")
 WEBSOCKET_PATHS = ("/realtime/v1/websocket", "/socket/websocket")
 API_PREFIXES = ("/realtime/v1/api", "/api")
 SLOW_CONSUMER_CLOSE = 1008  # policy violation: the client stopped reading
+SLOW_CONSUMER_GRACE_S = 2.0  # then a client that still reads nothing is dropped without the close frame
 GOING_AWAY = 1001
 REPLAY_HARD_LIMIT = 25
 
@@ -76,12 +77,17 @@ class Socket:
         self.events = session.RateWindow(server.settings.max_client_events_per_second)
         self.closing = False
         self.close_code: int | None = None
+        self.transport: asyncio.Transport | None = None
 
     # -- output -----------------------------------------------------------------------------
     def send(self, frame: Frame) -> None:
         if not self.outbox.push(frame) and self.outbox.overflowed and not self.closing:
             self.server.metrics.slow_consumers.inc()
             self.begin_close(SLOW_CONSUMER_CLOSE)
+            if self.transport is not None:
+                # The writer waits for the client to read, which may never happen: drop the connection
+                # if the close frame has not gone out by then (abort also wakes the reader and writer).
+                asyncio.get_running_loop().call_later(SLOW_CONSUMER_GRACE_S, self.transport.abort)
 
     def begin_close(self, code: int) -> None:
         """Stop delivering to this socket now; the writer task closes it."""
@@ -219,6 +225,7 @@ class Socket:
 
         def refuse(reason: str, metric: str) -> None:
             server.metrics.refusals.labels(metric).inc()
+            log.info("join of %s refused: %s", msg.topic, reason)
             self.reply(msg, "error", {"reason": reason})
 
         if request.postgres_changes:
@@ -226,6 +233,8 @@ class Socket:
             return
         if not server.joins.allow():
             refuse(session.TOO_MANY_JOINS, "joins_per_second")
+            # The reference server also drops the socket of a client that joins too fast.
+            self.begin_close(WSCloseCode.POLICY_VIOLATION)
             return
         limit = server.settings.max_channels_per_client
         if limit and len(self.channels) >= limit:
@@ -357,7 +366,14 @@ class Socket:
         if channel.private:
             try:
                 allowed = await self.server.can_read(channel.subtopic, claims)
-            except (PolicyError, DatabaseUnavailable) as exc:
+            except DatabaseUnavailable as exc:
+                # The policies cannot be evaluated now; the token itself is valid. Keep the channel
+                # on the permission it has, and check again at the next refresh.
+                log.warning(
+                    "UnableToConnectToProject: read re-check on %s postponed: %s", channel.subtopic, exc
+                )
+                allowed = True
+            except PolicyError as exc:
                 log.warning("RlsPolicyError: read check on %s failed: %s", channel.subtopic, exc)
                 allowed = False
             if self.channels.get(channel.topic) is not channel:
@@ -463,6 +479,8 @@ class RealtimeServer:
                 kwargs={"application_name": "pg-realtime", "prepare_threshold": None},
                 timeout=5,
                 reconnect_timeout=0,
+                # After a database restart the idle connections are dead: test each before lending it.
+                check=AsyncConnectionPool.check_connection,
             )
             await self.pool.open(wait=False)
             self.authorizer = Authorizer(self.pool)
@@ -472,6 +490,8 @@ class RealtimeServer:
                 poll_interval=self.settings.poll_interval_ms / 1000,
                 on_state=self._stream_state,
             )
+            stream = self.stream
+            self.metrics.stream_reads.source = lambda: stream.reads
             self._tasks.append(asyncio.create_task(self.stream.run(), name="stream"))
             self._tasks.append(asyncio.create_task(self._maintain_loop(), name="maintain"))
         yield
@@ -512,7 +532,12 @@ class RealtimeServer:
 
     async def maintain(self) -> None:
         async with self._connection() as conn:
-            await conn.execute("select realtime.maintain(%s::interval)", (self.settings.retention,))
+            cur = await conn.execute("select realtime.maintain(%s::interval)", (self.settings.retention,))
+            for (action,) in await cur.fetchall():
+                # "skipped ..." means a lock was busy; the next run retries.
+                level = logging.WARNING if str(action).startswith("skipped") else logging.INFO
+                log.log(level, "realtime.maintain: %s", action)
+            await conn.commit()
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
@@ -528,11 +553,18 @@ class RealtimeServer:
                 raise DatabaseUnavailable(str(exc)) from None
             raise
 
-    async def can_read(self, subtopic: str, claims: dict[str, Any]) -> bool:
+    def _require_database(self) -> Authorizer:
+        # Fail fast while the stream says the database is away, instead of waiting for a pool timeout.
         if self.authorizer is None:
             raise DatabaseUnavailable("no database configured")
+        if self.stream is not None and self.stream.state is StreamState.DOWN:
+            raise DatabaseUnavailable(self.stream.reason)
+        return self.authorizer
+
+    async def can_read(self, subtopic: str, claims: dict[str, Any]) -> bool:
+        authorizer = self._require_database()
         try:
-            return await self.authorizer.can_read(subtopic, claims)
+            return await authorizer.can_read(subtopic, claims)
         except psycopg.OperationalError as exc:
             raise DatabaseUnavailable(str(exc)) from None
         except Exception as exc:
@@ -541,10 +573,9 @@ class RealtimeServer:
             raise
 
     async def can_write(self, subtopic: str, claims: dict[str, Any]) -> bool:
-        if self.authorizer is None:
-            raise DatabaseUnavailable("no database configured")
+        authorizer = self._require_database()
         try:
-            return await self.authorizer.can_write(subtopic, claims)
+            return await authorizer.can_write(subtopic, claims)
         except psycopg.OperationalError as exc:
             raise DatabaseUnavailable(str(exc)) from None
         except Exception as exc:
@@ -568,8 +599,13 @@ class RealtimeServer:
         for row in rows:
             metrics.messages_in.labels("database").inc()
             metrics.stream_lag.observe(max(0.0, now - row.inserted_at))
-            if row.event is None:
-                log.warning("UnableToBroadcastChanges: message %s has no event; not delivered", row.id)
+            if (
+                row.event is None
+                or row.private is None
+                or (row.payload is None and row.binary_payload is None)
+            ):
+                # As the reference server: a row without event, private flag or payload is not a message.
+                log.warning("UnableToBroadcastChanges: message %s lacks event, private or payload", row.id)
                 continue
             topic = phoenix.SUBTOPIC_PREFIX + row.topic
 
@@ -627,6 +663,7 @@ class RealtimeServer:
         await ws.prepare(request)
         token = self._socket_token(request) or ""
         sock = Socket(self, ws, vsn, token, claims)
+        sock.transport = request.transport
         self.sockets.add(sock)
         self.metrics.sockets.set(len(self.sockets))
         writer = asyncio.create_task(sock.writer())
@@ -850,7 +887,9 @@ async def cors_middleware(request: web.Request, handler: Any) -> web.StreamRespo
     try:
         response = await handler(request)
     except web.HTTPException as exc:
-        response = exc
+        # Raised, not returned: aiohttp deprecates returning an HTTPException (413 from request.read()).
+        exc.headers.update(CORS_HEADERS)
+        raise
     if not isinstance(response, web.WebSocketResponse) and not response.prepared:
         response.headers.update(CORS_HEADERS)
     return response

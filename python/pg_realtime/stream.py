@@ -54,7 +54,7 @@ class Row:
     id: str
     topic: str
     event: str | None
-    private: bool
+    private: bool | None
     payload: str | None  # jsonb text
     binary_payload: bytes | None
     inserted_at: float  # epoch seconds (transaction start, UTC)
@@ -164,7 +164,12 @@ class MessageStream:
         self._set_state(StreamState.STOPPED, "stopped")
 
     async def _poll(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        loop = asyncio.get_running_loop()
         while not self._stopping.is_set():
+            # Reads start every poll_interval: the time a read and its fan-out take comes out
+            # of the pause, not on top of it (on top, it would stretch the wait for a new row
+            # just when there is most to deliver).
+            started = loop.time()
             cur = await conn.execute(_READ, {"prev": self.snapshot})
             records = await cur.fetchall()
             self.reads += 1
@@ -176,7 +181,7 @@ class MessageStream:
                     id=r[1],
                     topic=r[2],
                     event=r[3],
-                    private=bool(r[4]),
+                    private=r[4],
                     payload=r[5],
                     binary_payload=bytes(r[6]) if r[6] is not None else None,
                     inserted_at=r[7],
@@ -189,7 +194,7 @@ class MessageStream:
                 self.rows_read += len(rows)
                 self.on_rows(rows)
             self.snapshot = new_snapshot
-            await self._sleep(self.poll_interval)
+            await self._sleep(self.poll_interval - (loop.time() - started))
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from pg_realtime.cli import build_parser
 from pg_realtime.config import Settings
 

@@ -63,7 +63,7 @@
       el('span', { class: 'topic' }, topic || ''),
       el('span', { class: 'event' }, event || ''),
       el('code', { class: 'payload' }, body),
-      el('span', { class: 'note' }, note || '')
+      el('span', { class: 'note', title: note || '' }, note || '')
     )
     list.prepend(item)
     while (list.childElementCount > MAX_LOG) list.lastElementChild.remove()

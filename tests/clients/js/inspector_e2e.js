@@ -18,7 +18,8 @@
  *   text        selector                    -> textContent
  *   count       selector                    -> number of matches
  *   waitFor     selector, [state], [timeout]
- *   waitForText selector, text, [timeout]   -> textContent once it contains text
+ *   waitForText selector, text, [exact], [timeout]  -> textContent once it contains (or, exact,
+ *                                           trimmed equals) text
  *   evaluate    expression                  -> the value of a JS expression in the page
  *   screenshot  path, [fullPage]
  *   requests                                -> every URL the page requested, WebSockets included
@@ -95,14 +96,15 @@ const commands = {
   async waitFor({ selector, state, timeout }) {
     await needPage().waitForSelector(selector, { state: state || 'visible', timeout: timeout || DEFAULT_TIMEOUT })
   },
-  async waitForText({ selector, text, timeout }) {
+  async waitForText({ selector, text, exact, timeout }) {
     const p = needPage()
     await p.waitForFunction(
-      ([sel, wanted]) => {
+      ([sel, wanted, whole]) => {
         const node = document.querySelector(sel)
-        return node !== null && node.textContent.includes(wanted)
+        if (node === null) return false
+        return whole ? node.textContent.trim() === wanted : node.textContent.includes(wanted)
       },
-      [selector, text],
+      [selector, text, Boolean(exact)],
       { timeout: timeout || DEFAULT_TIMEOUT, polling: 50 }
     )
     return p.textContent(selector)
