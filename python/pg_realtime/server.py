@@ -595,10 +595,10 @@ class RealtimeServer:
     # -- database messages ------------------------------------------------------------------
     def deliver_rows(self, rows: list[Row]) -> None:
         now = time.time()
-        metrics = self.metrics
+        observe_lag = self.metrics.stream_lag.observe
+        total_delivered = 0
         for row in rows:
-            metrics.messages_in.labels("database").inc()
-            metrics.stream_lag.observe(max(0.0, now - row.inserted_at))
+            observe_lag(max(0.0, now - row.inserted_at))
             if (
                 row.event is None
                 or row.private is None
@@ -612,8 +612,10 @@ class RealtimeServer:
             def encode(vsn: Vsn, row: Row = row, topic: str = topic) -> Frame | None:
                 return _row_frame(vsn, topic, row.id, row.event, row.payload, row.binary_payload)
 
-            delivered = self.registry.fan_out(row.topic, row.private, encode)
-            metrics.deliveries.labels("database").inc(delivered)
+            total_delivered += self.registry.fan_out(row.topic, row.private, encode)
+        # Counters are bumped once per batch: per-row label lookups showed up in profiles.
+        self.metrics.messages_in.labels("database").inc(len(rows))
+        self.metrics.deliveries.labels("database").inc(total_delivered)
 
     # -- HTTP handlers ----------------------------------------------------------------------
     async def healthz(self, request: web.Request) -> web.Response:
