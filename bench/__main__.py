@@ -25,6 +25,7 @@ BENCHMARKS = {
     "connections": "bench.connections",
     "roundtrip": "bench.roundtrip",
     "broadcaster": "bench.alternative",
+    "joins": "bench.joins",
 }
 DOC = ROOT / "docs" / "benchmarks.md"
 
