@@ -13,13 +13,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import orjson
 import psycopg
 from aiohttp import WSCloseCode, WSMsgType, web
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from . import phoenix, session
 from .auth import AuthError, Verifier
@@ -543,15 +543,9 @@ class RealtimeServer:
     async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
         if self.pool is None:
             raise DatabaseUnavailable("no database configured")
-        try:
+        with _database_errors():
             async with self.pool.connection() as conn:
                 yield conn
-        except psycopg.OperationalError as exc:
-            raise DatabaseUnavailable(str(exc)) from None
-        except Exception as exc:
-            if type(exc).__name__ == "PoolTimeout":
-                raise DatabaseUnavailable(str(exc)) from None
-            raise
 
     def _require_database(self) -> Authorizer:
         # Fail fast while the stream says the database is away, instead of waiting for a pool timeout.
@@ -563,25 +557,13 @@ class RealtimeServer:
 
     async def can_read(self, subtopic: str, claims: dict[str, Any]) -> bool:
         authorizer = self._require_database()
-        try:
+        with _database_errors():
             return await authorizer.can_read(subtopic, claims)
-        except psycopg.OperationalError as exc:
-            raise DatabaseUnavailable(str(exc)) from None
-        except Exception as exc:
-            if type(exc).__name__ == "PoolTimeout":
-                raise DatabaseUnavailable(str(exc)) from None
-            raise
 
     async def can_write(self, subtopic: str, claims: dict[str, Any]) -> bool:
         authorizer = self._require_database()
-        try:
+        with _database_errors():
             return await authorizer.can_write(subtopic, claims)
-        except psycopg.OperationalError as exc:
-            raise DatabaseUnavailable(str(exc)) from None
-        except Exception as exc:
-            if type(exc).__name__ == "PoolTimeout":
-                raise DatabaseUnavailable(str(exc)) from None
-            raise
 
     async def replay(
         self, subtopic: str, since_ms: int, limit: int
@@ -834,6 +816,15 @@ class RealtimeServer:
         delivered = self.registry.fan_out(topic, private, encode)
         self.metrics.deliveries.labels("rest").inc(delivered)
         return web.Response(status=202)
+
+
+@contextlib.contextmanager
+def _database_errors() -> Iterator[None]:
+    """A lost connection or an exhausted pool means the database is unavailable, not a bug."""
+    try:
+        yield
+    except (psycopg.OperationalError, PoolTimeout) as exc:
+        raise DatabaseUnavailable(str(exc)) from None
 
 
 def _bearer(value: str | None) -> str | None:
