@@ -28,12 +28,12 @@ import aiohttp
 import numpy as np
 import psycopg
 from pg_realtime.auth import sign
+from pg_realtime.cli import ensure_supabase_roles
 from pg_realtime.embedded import EmbeddedPostgres, free_port, pg_bindir
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 JWT_SECRET = "bench-secret-with-at-least-32-bytes-of-entropy!!"
-SUPABASE_ROLES = ("anon", "authenticated", "service_role")
 
 #: Same for every variant of every benchmark: durable commits (the default) and no checkpoint
 #: in the middle of a 10-second run.
@@ -70,9 +70,7 @@ class Postgres:
             self.cluster.start()
             self._started = True
             with psycopg.connect(self.cluster.dsn(), autocommit=True) as conn:
-                for role in SUPABASE_ROLES:
-                    if not conn.execute("select 1 from pg_roles where rolname = %s", (role,)).fetchone():
-                        conn.execute(f"create role {role} nologin")
+                ensure_supabase_roles(conn)
 
     @property
     def port(self) -> int:

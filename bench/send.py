@@ -40,8 +40,10 @@ TITLE = "Send throughput (pgbench)"
 DB = "bench_send"
 PAYLOAD = '{"pad": "' + "x" * 64 + '"}'
 
-_SETUP = """
-create table bench_plain (
+
+def plain_table(name: str) -> str:
+    """DDL of a table with Supabase's message columns: no partitions, no xid, no trigger."""
+    return f"""create table {name} (
     topic text not null,
     extension text not null,
     payload jsonb,
@@ -51,6 +53,12 @@ create table bench_plain (
     inserted_at timestamp not null default timezone('utc', now()),
     id uuid not null default gen_random_uuid() primary key
 );
+"""
+
+
+_SETUP = (
+    plain_table("bench_plain")
+    + """
 create table bench_notify (like bench_plain including all);
 create function bench_notify_trigger() returns trigger language plpgsql as $$
 begin
@@ -60,9 +68,11 @@ end $$;
 create trigger bench_notify after insert on bench_notify
     for each row execute function bench_notify_trigger();
 """
+)
 
 
-def _insert(table: str) -> str:
+def insert_script(table: str) -> str:
+    """A pgbench script inserting one message-shaped row into ``table``."""
     return (
         "\\set n random(0, 99)\n"
         f"insert into {table} (topic, extension, payload, event, private) "
@@ -70,12 +80,14 @@ def _insert(table: str) -> str:
     )
 
 
+SEND_SCRIPT = (
+    f"\\set n random(0, 99)\nselect realtime.send('{PAYLOAD}'::jsonb, 'bench', 'topic-' || :n, false);\n"
+)
+
 SCRIPTS = {
-    "plain": _insert("bench_plain"),
-    "send": (
-        f"\\set n random(0, 99)\nselect realtime.send('{PAYLOAD}'::jsonb, 'bench', 'topic-' || :n, false);\n"
-    ),
-    "notify": _insert("bench_notify"),
+    "plain": insert_script("bench_plain"),
+    "send": SEND_SCRIPT,
+    "notify": insert_script("bench_notify"),
 }
 LABELS = {
     "plain": "plain INSERT (baseline)",

@@ -21,24 +21,16 @@ import asyncio
 import psycopg
 
 from ._harness import Context, PgbenchResult, Result, figure, fmt, log, md_table, pgbench, save
-from .send import PAYLOAD, _tps
+from .send import PAYLOAD, SEND_SCRIPT, _tps, insert_script, plain_table
 
 NAME = "sendcost"
 TITLE = "Where the cost of realtime.send() goes (CPU-bound breakdown)"
 DB = "bench_sendcost"
 WRITERS = 8
 
-_SETUP = """
-create table cost_plain (
-    topic text not null,
-    extension text not null,
-    payload jsonb,
-    event text,
-    private boolean default false,
-    updated_at timestamp not null default timezone('utc', now()),
-    inserted_at timestamp not null default timezone('utc', now()),
-    id uuid not null default gen_random_uuid() primary key
-);
+_SETUP = (
+    plain_table("cost_plain")
+    + """
 create table cost_xid (like realtime.messages including defaults);
 alter table cost_xid add primary key (id, inserted_at);
 create index on cost_xid (xid);
@@ -53,27 +45,20 @@ begin
     end;
 end $$;
 """
-
-
-def _insert(table: str) -> str:
-    return (
-        "\\set n random(0, 99)\n"
-        f"insert into {table} (topic, extension, payload, event, private) "
-        f"values ('topic-' || :n, 'broadcast', '{PAYLOAD}'::jsonb, 'bench', false);\n"
-    )
+)
 
 
 STEPS = (
-    ("plain INSERT (baseline)", _insert("cost_plain")),
-    ("+ xid, seq columns and the xid index", _insert("cost_xid")),
-    ("INSERT into partitioned realtime.messages", _insert("realtime.messages")),
+    ("plain INSERT (baseline)", insert_script("cost_plain")),
+    ("+ xid, seq columns and the xid index", insert_script("cost_xid")),
+    ("INSERT into partitioned realtime.messages", insert_script("realtime.messages")),
     (
         "+ PL/pgSQL exception block",
         f"\\set n random(0, 99)\nselect cost_wrapped('{PAYLOAD}'::jsonb, 'bench', 'topic-' || :n);\n",
     ),
     (
         "`realtime.send()` (+ payload id, set_config)",
-        f"\\set n random(0, 99)\nselect realtime.send('{PAYLOAD}'::jsonb, 'bench', 'topic-' || :n, false);\n",
+        SEND_SCRIPT,
     ),
 )
 

@@ -23,6 +23,7 @@ import psycopg
 import pytest
 from aiohttp import web
 from pg_realtime.auth import sign
+from pg_realtime.cli import ensure_supabase_roles
 from pg_realtime.config import Settings
 from pg_realtime.embedded import EmbeddedPostgres
 from pg_realtime.server import RealtimeServer
@@ -31,7 +32,6 @@ from pytest_postgresql.janitor import DatabaseJanitor
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE_DB = "realtime_template"
-SUPABASE_ROLES = ("anon", "authenticated", "service_role")
 
 
 def _extension_script() -> Path:
@@ -63,17 +63,6 @@ def _with_dbname(dsn: str, dbname: str) -> str:
     return make_conninfo(**params)  # type: ignore[arg-type]
 
 
-def _ensure_roles(conn: psycopg.Connection) -> None:
-    for role in SUPABASE_ROLES:
-        conn.execute(
-            f"""do $$ begin
-                  if not exists (select from pg_roles where rolname = '{role}') then
-                    create role {role} nologin;
-                  end if;
-                end $$"""
-        )
-
-
 @pytest.fixture(scope="session")
 def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A superuser DSN (database ``postgres``) of the server the suite runs against."""
@@ -94,7 +83,7 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def pg_template(pg_server: str) -> str:
     """Name of a template database with the Supabase roles and the extension installed."""
     with psycopg.connect(pg_server, autocommit=True) as conn:
-        _ensure_roles(conn)
+        ensure_supabase_roles(conn)
         conn.execute(f"drop database if exists {TEMPLATE_DB}")
         conn.execute(f"create database {TEMPLATE_DB}")
     with psycopg.connect(_with_dbname(pg_server, TEMPLATE_DB), autocommit=True) as conn:
@@ -193,18 +182,20 @@ ServerFactory = Callable[..., Awaitable[LiveServer]]
 
 @pytest.fixture
 async def make_server() -> AsyncIterator[ServerFactory]:
-    """Start servers with chosen settings: ``await make_server(db_dsn, max_channels_per_client=2)``."""
+    """Start servers with chosen settings: ``await make_server(db_dsn, max_channels_per_client=2)``.
+
+    ``port`` (0: any free one) lets a test restart a server in place on the port it had.
+    """
     started: list[LiveServer] = []
 
-    async def start(database_url: str | None, **overrides: Any) -> LiveServer:
-        settings = Settings(jwt_secret=TEST_JWT_SECRET, port=0, **overrides)
+    async def start(database_url: str | None, port: int = 0, **overrides: Any) -> LiveServer:
+        settings = Settings(jwt_secret=TEST_JWT_SECRET, port=port, **overrides)
         server = RealtimeServer(settings, database_url=database_url)
         runner = web.AppRunner(server.app, handle_signals=False, shutdown_timeout=2)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        site = web.TCPSite(runner, "127.0.0.1", port, reuse_address=True)
         await site.start()
-        port = runner.addresses[0][1]
-        live = LiveServer(server, runner, port, database_url)
+        live = LiveServer(server, runner, runner.addresses[0][1], database_url)
         started.append(live)
         if database_url:
             await live.wait_live()

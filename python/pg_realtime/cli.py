@@ -13,10 +13,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 import psycopg
 from aiohttp import web
+from psycopg import sql
 
 from . import __version__
 from .auth import sign
@@ -70,16 +72,12 @@ def start_embedded(settings: Settings) -> EmbeddedDatabase:
     cluster.start()
     database_url = cluster.dsn("postgres")
     with psycopg.connect(database_url, autocommit=True) as conn:
-        for role in SUPABASE_ROLES:
-            exists = conn.execute("select 1 from pg_roles where rolname = %s", (role,)).fetchone()
-            if not exists:
-                conn.execute(f"create role {role} nologin")
+        ensure_supabase_roles(conn)
         conn.execute("create extension if not exists realtime")
-        # The extension grants the Supabase roles their table privileges only if they existed at
-        # install time; granting again is harmless and covers an older data directory.
+        # The extension grants the Supabase roles their privileges only if they existed at install
+        # time; granting again is harmless and covers a data directory made before the roles.
         for role in SUPABASE_ROLES:
-            conn.execute(f"grant usage on schema realtime to {role}")
-            conn.execute(f"grant select, insert, update on realtime.messages to {role}")
+            conn.execute("select realtime.grant_access(%s)", (role,))
     secret_file = data_dir / "jwt_secret"
     if settings.jwt_secret:
         secret = settings.jwt_secret
@@ -90,6 +88,13 @@ def start_embedded(settings: Settings) -> EmbeddedDatabase:
         secret_file.write_text(secret + "\n")
         secret_file.chmod(0o600)
     return EmbeddedDatabase(cluster, database_url, secret)
+
+
+def ensure_supabase_roles(conn: psycopg.Connection[Any]) -> None:
+    """Create the roles Supabase's policies name, where missing (roles are cluster-wide)."""
+    for role in SUPABASE_ROLES:
+        if not conn.execute("select 1 from pg_roles where rolname = %s", (role,)).fetchone():
+            conn.execute(sql.SQL("create role {} nologin").format(sql.Identifier(role)))
 
 
 def demo_banner(url: str, database_url: str, secret: str) -> str:

@@ -279,12 +279,12 @@ class Socket:
                 return
             params = _replay_params(request.replay)
             if params is None:
-                refuse("UnableToReplayMessages: Replay params are not valid", "replay")
+                refuse(session.REPLAY_INVALID, "replay")
                 return
             try:
                 replay_rows = await server.replay(subtopic, *params)
             except (psycopg.Error, DatabaseUnavailable):
-                refuse("UnableToReplayMessages: Realtime was unable to replay messages", "replay")
+                refuse(session.REPLAY_FAILED, "replay")
                 return
         if self.closing:
             return
@@ -446,7 +446,6 @@ class RealtimeServer:
         self.authorizer: Authorizer | None = None
         self.stream: MessageStream | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._rest_in_flight = 0
         self.stopping = False
         self.started_at = time.time()
         self.app = self._build_app()
@@ -627,8 +626,9 @@ class RealtimeServer:
         vsn = phoenix.parse_vsn(request.query.get("vsn"))
         if vsn is None:
             return _json_response(400, {"error": "Unsupported serializer version"})
+        token = self._socket_token(request)
         try:
-            claims = self.verifier.verify(self._socket_token(request))
+            claims = self.verifier.verify(token)
         except AuthError as exc:
             self.metrics.refusals.labels("invalid_token").inc()
             return _json_response(401, {"error": exc.http_message})
@@ -636,17 +636,16 @@ class RealtimeServer:
         if limit and len(self.sockets) >= limit:
             self.metrics.refusals.labels("max_connections").inc()
             return _json_response(429, {"error": "Too many connected users"})
-        if not web.WebSocketResponse(protocols=()).can_prepare(request).ok:
-            return _json_response(400, {"error": "Expected a WebSocket upgrade"})
         ws = web.WebSocketResponse(
             max_msg_size=self.settings.max_frame_bytes,
             compress=False,  # frames are encoded once for many sockets; per-socket deflate would undo that
             autoping=True,
             heartbeat=None,
         )
+        if not ws.can_prepare(request).ok:
+            return _json_response(400, {"error": "Expected a WebSocket upgrade"})
         await ws.prepare(request)
-        token = self._socket_token(request) or ""
-        sock = Socket(self, ws, vsn, token, claims)
+        sock = Socket(self, ws, vsn, token or "", claims)
         sock.transport = request.transport
         self.sockets.add(sock)
         self.metrics.sockets.set(len(self.sockets))

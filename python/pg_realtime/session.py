@@ -13,14 +13,14 @@ from typing import Any
 TOPIC_NAME_REQUIRED = "TopicNameRequired: You must provide a topic name"
 TOO_MANY_CHANNELS = "ChannelRateLimitReached: Too many channels"
 TOO_MANY_JOINS = "ClientJoinRateLimitReached: Too many joins per second"
-TOO_MANY_CONNECTIONS = "ConnectionRateLimitReached: Too many connected users"
 UNMATCHED_TOPIC = "unmatched topic"
 POSTGRES_CHANGES_UNSUPPORTED = (
     "PostgresChangesNotSupported: this server implements Broadcast only; "
     "Postgres Changes bindings cannot be joined"
 )
 PRESENCE_UNSUPPORTED = "PresenceNotSupported: Presence is not supported by this server yet"
-REPLAY_NOT_SUPPORTED = "UnableToReplayMessages: Replay is not supported by this server yet"
+REPLAY_INVALID = "UnableToReplayMessages: Replay params are not valid"
+REPLAY_FAILED = "UnableToReplayMessages: Realtime was unable to replay messages"
 REPLAY_PUBLIC = "UnableToReplayMessages: Replay is not allowed for public channels"
 DATABASE_UNAVAILABLE = "UnableToConnectToProject: Realtime was unable to connect to the project database"
 

@@ -20,8 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -80,22 +79,17 @@ class MessageStream:
         poll_interval: float = 0.005,
         on_state: Callable[[StreamState, str], None] | None = None,
         max_backoff: float = 5.0,
-        on_connect: Callable[[psycopg.AsyncConnection[Any]], Awaitable[None]] | None = None,
     ) -> None:
         self.dsn = dsn
         self.on_rows = on_rows
         self.poll_interval = poll_interval
         self.on_state = on_state
         self.max_backoff = max_backoff
-        self.on_connect = on_connect
         self.state = StreamState.STARTING
         self.reason = "starting"
         self.snapshot: str | None = None
         self.reads = 0
-        self.rows_read = 0
-        self.last_read_at = 0.0
         self._stopping = asyncio.Event()
-        self._wakeup = asyncio.Event()
 
     def _set_state(self, state: StreamState, reason: str) -> None:
         if state != self.state or reason != self.reason:
@@ -107,22 +101,8 @@ class MessageStream:
     def live(self) -> bool:
         return self.state is StreamState.LIVE
 
-    def wake(self) -> None:
-        """Read now instead of at the next tick (for example after a local write)."""
-        self._wakeup.set()
-
     def stop(self) -> None:
         self._stopping.set()
-        self._wakeup.set()
-
-    async def start_snapshot(self) -> str:
-        """Take the starting snapshot: rows committed before it are history, not news."""
-        async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as conn:
-            cur = await conn.execute(_CURRENT_SNAPSHOT)
-            row = await cur.fetchone()
-            assert row is not None
-            self.snapshot = str(row[0])
-            return self.snapshot
 
     async def run(self) -> None:
         backoff = 0.1
@@ -142,8 +122,7 @@ class MessageStream:
                 continue
             try:
                 async with conn:
-                    if self.on_connect is not None:
-                        await self.on_connect(conn)
+                    # The first snapshot is where news starts: rows committed before it are history.
                     if self.snapshot is None:
                         cur = await conn.execute(_CURRENT_SNAPSHOT)
                         first = await cur.fetchone()
@@ -173,7 +152,6 @@ class MessageStream:
             cur = await conn.execute(_READ, {"prev": self.snapshot})
             records = await cur.fetchall()
             self.reads += 1
-            self.last_read_at = time.time()
             self._set_state(StreamState.LIVE, "ok")
             new_snapshot = records[0][0]
             rows = [
@@ -191,15 +169,14 @@ class MessageStream:
             ]
             # Deliver before advancing: if delivery raised, the same rows would come back.
             if rows:
-                self.rows_read += len(rows)
                 self.on_rows(rows)
             self.snapshot = new_snapshot
             await self._sleep(self.poll_interval - (loop.time() - started))
 
     async def _sleep(self, seconds: float) -> None:
+        """Pause, but end at once when the stream is stopped."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wakeup.wait(), seconds)
-        self._wakeup.clear()
+            await asyncio.wait_for(self._stopping.wait(), seconds)
 
 
 def _first_line(exc: BaseException) -> str:

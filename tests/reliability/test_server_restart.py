@@ -13,8 +13,8 @@ from .support import bearer, wait_for
 pytestmark = pytest.mark.asyncio
 
 
-async def test_realtime_js_and_realtime_py_rejoin_a_restarted_server(server_on_port, db_dsn):
-    first = await server_on_port(db_dsn)
+async def test_realtime_js_and_realtime_py_rejoin_a_restarted_server(make_server, db_dsn):
+    first = await make_server(db_dsn)
     port = first.port
     async with JsDriver() as js:
         await js.connect(first.url, first.token())
@@ -26,7 +26,7 @@ async def test_realtime_js_and_realtime_py_rejoin_a_restarted_server(server_on_p
 
             await first.stop()
             await js.next_socket(state="close", timeout=10)
-            second = await server_on_port(db_dsn, port=port)
+            second = await make_server(db_dsn, port=port)
             assert second.port == port
 
             # Both clients reconnect with their own backoff and rejoin the same channel.
