@@ -189,8 +189,15 @@ async def make_server() -> AsyncIterator[ServerFactory]:
     started: list[LiveServer] = []
 
     async def start(database_url: str | None, port: int = 0, **overrides: Any) -> LiveServer:
-        settings = Settings(jwt_secret=TEST_JWT_SECRET, port=port, **overrides)
-        server = RealtimeServer(settings, database_url=database_url)
+        # The suite's cluster is an embedded one, as under `make run`: the inspector is in demo mode.
+        settings = Settings(
+            jwt_secret=TEST_JWT_SECRET,
+            port=port,
+            database_url=database_url,
+            embedded_database=database_url is not None,
+            **overrides,
+        )
+        server = RealtimeServer(settings)
         runner = web.AppRunner(server.app, handle_signals=False, shutdown_timeout=2)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", port, reuse_address=True)

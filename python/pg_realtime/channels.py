@@ -48,6 +48,17 @@ class Outbox:
             self._wakeup()
         return True
 
+    def wake(self) -> None:
+        self._wakeup()
+
+    def pop(self) -> Frame | None:
+        """The next frame to write, or None; stops handing out frames once the socket overflowed."""
+        if not self.frames or self.overflowed:
+            return None
+        frame = self.frames.popleft()
+        self.size -= len(frame)
+        return frame
+
     def take_all(self) -> list[Frame]:
         frames = list(self.frames)
         self.frames.clear()
@@ -80,8 +91,8 @@ class Channel:
     #: RLS results for private channels; None means "not checked yet" (write is checked lazily).
     can_read: bool | None = None
     can_write: bool | None = None
-    #: Cancels the token-expiry timer.
-    expiry_handle: Any = None
+    #: When the channel's token expires (epoch seconds), None for a token without ``exp``.
+    expires_at: float | None = None
 
     @property
     def key(self) -> tuple[str, bool]:

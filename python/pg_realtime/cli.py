@@ -128,19 +128,19 @@ def demo_banner(url: str, database_url: str, secret: str) -> str:
 
 async def serve(settings: Settings) -> int:
     embedded: EmbeddedDatabase | None = None
-    database_url = settings.database_url
     if settings.embedded:
         try:
             embedded = await asyncio.to_thread(start_embedded, settings)
         except (EmbeddedPostgresError, psycopg.Error) as exc:
             log.error("could not start the embedded PostgreSQL: %s", exc)
             return 1
-        database_url = embedded.database_url
-        settings = settings.replace(jwt_secret=embedded.jwt_secret)
+        settings = settings.replace(
+            database_url=embedded.database_url, embedded_database=True, jwt_secret=embedded.jwt_secret
+        )
     if not settings.jwt_secret and not settings.jwks:
         log.error("no JWT secret: set --jwt-secret or REALTIME_JWT_SECRET (or --jwks)")
         return 2
-    server = RealtimeServer(settings, database_url=database_url)
+    server = RealtimeServer(settings)
     runner = web.AppRunner(server.app, handle_signals=False, shutdown_timeout=settings.shutdown_timeout_s)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)

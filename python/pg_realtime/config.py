@@ -22,7 +22,6 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 class Option:
     env: str
     help: str
-    flag: str | None = None
 
 
 def _opt(default: Any, env: str, help: str) -> Any:
@@ -82,6 +81,10 @@ class Settings:
     )
     shutdown_timeout_s: float = _opt(5.0, "REALTIME_SHUTDOWN_TIMEOUT_S", "grace period on SIGTERM")
 
+    #: Set by ``pg-realtime serve`` once it runs the embedded PostgreSQL: ``database_url`` is then
+    #: that cluster's (demo mode). Not an option: it follows from leaving DATABASE_URL unset.
+    embedded_database: bool = field(default=False, metadata={})
+
     def __post_init__(self) -> None:
         if self.log_level.lower() not in LOG_LEVELS:
             raise ValueError(f"log level must be one of {', '.join(LOG_LEVELS)}, not {self.log_level!r}")
@@ -99,7 +102,8 @@ class Settings:
 
     @property
     def embedded(self) -> bool:
-        return not self.database_url
+        """Runs (or is to run) on the embedded PostgreSQL."""
+        return self.embedded_database or not self.database_url
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -108,7 +112,7 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
         values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
+        for f in _options(cls):
             option: Option = f.metadata["option"]
             raw = environ.get(option.env)
             if raw is not None and raw != "":
@@ -117,7 +121,7 @@ class Settings:
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        for f in dataclasses.fields(cls):
+        for f in _options(cls):
             option: Option = f.metadata["option"]
             flag = "--" + f.name.replace("_", "-")
             kind = _kind(f)
@@ -131,11 +135,15 @@ class Settings:
     def from_args(cls, args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
         base = cls.from_env(environ)
         changes: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
+        for f in _options(cls):
             value = getattr(args, f.name, None)
             if value is not None:
                 changes[f.name] = value if isinstance(value, bool) else _parse(f, str(value))
         return base.replace(**changes)
+
+
+def _options(cls: type[Settings]) -> list[dataclasses.Field[Any]]:
+    return [f for f in dataclasses.fields(cls) if "option" in f.metadata]
 
 
 def _kind(f: dataclasses.Field[Any]) -> type:

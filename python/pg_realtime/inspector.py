@@ -20,17 +20,19 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import jinja2
 import orjson
 from aiohttp import web
 
 from . import __version__
-from .auth import AuthError, sign
-
-if TYPE_CHECKING:
-    from .server import RealtimeServer
+from .auth import AuthError, Verifier, sign
+from .channels import Registry
+from .config import Settings
+from .metrics import Metrics
+from .session import Session
+from .stream import MessageStream
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 TEMPLATE_DIR = PACKAGE_DIR / "templates"
@@ -61,10 +63,24 @@ class Sample:
     deliveries: float
 
 
+class Inspected(Protocol):
+    """What the inspector reads of a running server."""
+
+    settings: Settings
+    verifier: Verifier
+    metrics: Metrics
+    registry: Registry
+    stream: MessageStream | None
+    started_at: float
+
+    @property
+    def sessions(self) -> list[Session]: ...
+
+
 class Inspector:
     """The page, its static files and the stats endpoint for one server."""
 
-    def __init__(self, server: RealtimeServer) -> None:
+    def __init__(self, server: Inspected) -> None:
         self.server = server
         self.env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
@@ -151,6 +167,7 @@ class Inspector:
         deliveries = counters["deliveries"]
         msg_rate, delivery_rate = self.rates(messages_in["total"], deliveries["total"])
         stream = server.stream
+        sessions = server.sessions
         body: dict[str, Any] = {
             "version": __version__,
             "demo": self.demo,
@@ -159,7 +176,7 @@ class Inspector:
                 "live": bool(stream is not None and stream.live),
                 "reason": stream.reason if stream is not None else "no database configured",
             },
-            "sockets": len(server.sockets),
+            "sockets": len(sessions),
             "channels": server.registry.channel_count,
             "messages_in": messages_in,
             "deliveries": deliveries,
@@ -175,7 +192,7 @@ class Inspector:
                 for subtopic, private, count in sorted(server.registry.topics())
             ]
             listed = []
-            for sock in list(server.sockets)[:MAX_LISTED_SOCKETS]:
+            for sock in sessions[:MAX_LISTED_SOCKETS]:
                 listed.append(
                     {
                         "vsn": str(sock.vsn),
@@ -206,7 +223,7 @@ class Inspector:
             demo=self.demo,
             config=config,
             static_prefix=STATIC_PREFIX,
-            database=_describe_database(self.server.database_url),
+            database=_describe_database(self.server.settings.database_url),
         )
         return web.Response(
             text=html,
@@ -256,7 +273,7 @@ def _describe_database(url: str | None) -> str:
     return f"{host}:{port}/{dbname}"
 
 
-def setup_inspector(app: web.Application, server: RealtimeServer) -> Inspector:
+def setup_inspector(app: web.Application, server: Inspected) -> Inspector:
     """Add the inspector's routes to the server's application."""
     inspector = Inspector(server)
     app[INSPECTOR_KEY] = inspector

@@ -1,109 +1,462 @@
-"""Pure rules of a socket's session: join payloads, error reasons, rate windows.
+"""The channel rules of one socket, as a state machine with no I/O.
 
-No I/O here: the server module calls these with plain values and acts on the result.
+A :class:`Session` takes decoded frames (:meth:`Session.receive`), clock ticks
+(:meth:`Session.tick`) and the answers to its own requests (:meth:`Session.answer`). It queues
+the frames to send in its :class:`~pg_realtime.channels.Outbox` and, when a rule needs the
+database, stops with a request in :attr:`Session.pending`: a read check, a write check or a
+replay query. Whoever drives it performs the request and calls :meth:`Session.answer` with
+the result, a plain value or a :data:`Failure`; the rule then goes on where it stopped. Only
+one frame is in progress at a time, so frames are handled in the order they arrived.
+
+The rules are written as generators (``answer = yield ReadCheck(...)``), in the manner of
+psycopg's generators: the logic reads top to bottom while the waiting happens outside.
+No ``await``, sockets or database here; ``pump.py`` is the shell that does the I/O.
 """
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-# Join error reasons, "<Code>: <message>" exactly as the reference server words them.
-TOPIC_NAME_REQUIRED = "TopicNameRequired: You must provide a topic name"
-TOO_MANY_CHANNELS = "ChannelRateLimitReached: Too many channels"
-TOO_MANY_JOINS = "ClientJoinRateLimitReached: Too many joins per second"
-UNMATCHED_TOPIC = "unmatched topic"
-POSTGRES_CHANGES_UNSUPPORTED = (
-    "PostgresChangesNotSupported: this server implements Broadcast only; "
-    "Postgres Changes bindings cannot be joined"
-)
-PRESENCE_UNSUPPORTED = "PresenceNotSupported: Presence is not supported by this server yet"
-REPLAY_INVALID = "UnableToReplayMessages: Replay params are not valid"
-REPLAY_FAILED = "UnableToReplayMessages: Realtime was unable to replay messages"
-REPLAY_PUBLIC = "UnableToReplayMessages: Replay is not allowed for public channels"
-DATABASE_UNAVAILABLE = "UnableToConnectToProject: Realtime was unable to connect to the project database"
+from . import phoenix, reasons
+from .auth import AuthError
+from .broadcast import row_frame
+from .channels import Channel, Frame, Outbox, Registry
+from .join import JoinRequest
+from .limits import RateWindow, SessionLimits
+from .phoenix import Message, UserBroadcast, Vsn
+from .rows import Row
 
+log = logging.getLogger("pg_realtime")
 
-def unauthorized_read(subtopic: str) -> str:
-    return f"Unauthorized: You do not have permissions to read from this Channel topic: {subtopic}"
+SLOW_CONSUMER_CLOSE = 1008  # policy violation: the client stopped reading
+POLICY_VIOLATION = 1008
+NORMAL_CLOSE = 1000
 
 
-def revoked_read(subtopic: str) -> str:
-    return f"You no longer have permission to read from this Channel topic: {subtopic}"
+# -- what a session asks for, and what it is answered ------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ReadCheck:
+    """May these claims read (subtopic, private)? Answer: bool or a Failure."""
+
+    subtopic: str
+    claims: dict[str, Any]
 
 
-def flexible_bool(value: Any, default: bool) -> bool:
-    """true/false, or the strings "true"/"false" in any case (the reference's FlexibleBoolean)."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("true", "false"):
-        return value.lower() == "true"
-    return default
+@dataclass(frozen=True, slots=True)
+class WriteCheck:
+    """May these claims broadcast to (subtopic, private)? Answer: bool or a Failure."""
+
+    subtopic: str
+    claims: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayQuery:
+    """The newest private messages of a topic since a time. Answer: list[Row] or a Failure."""
+
+    subtopic: str
+    since_ms: int
+    limit: int
+
+
+Request = ReadCheck | WriteCheck | ReplayQuery
+
+
+@dataclass(frozen=True, slots=True)
+class Unavailable:
+    """The database could not be reached."""
+
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyFailed:
+    """The policies could not be evaluated (a broken policy, an unknown role...)."""
+
+    detail: str
+
+
+Failure = Unavailable | PolicyFailed
+Answer = bool | list[Row] | Failure
+
+_Rule = Generator[Request, Answer, None]
+
+
+# -- what a session uses ------------------------------------------------------------------------
+class TokenVerifier(Protocol):
+    def verify(self, raw_token: str | None, now: float | None = None) -> dict[str, Any]: ...
+
+
+class Relay(Protocol):
+    """Where a client's broadcast goes: every matching subscriber but ``exclude``."""
+
+    def relay(
+        self,
+        subtopic: str,
+        private: bool,
+        message: UserBroadcast | dict[str, Any],
+        exclude: Channel | None = None,
+    ) -> int: ...
+
+
+def _ignore_refusal(reason: str) -> None:
+    return None
+
+
+def _ignore() -> None:
+    return None
 
 
 @dataclass(frozen=True)
-class JoinRequest:
-    """What a phx_join asks for; invalid parts fall back to defaults as the reference server does."""
+class SessionContext:
+    """What all sessions of a server share: the registry, the token verifier, the relay, and
+    the server-wide rate windows. ``refused`` counts refusals by reason and ``slow_consumer``
+    the sockets closed for not reading (both for /metrics)."""
 
-    broadcast_self: bool = False
-    broadcast_ack: bool = False
-    private: bool = False
-    presence_enabled: bool = False
-    presence_key: str = ""
-    postgres_changes: list[Any] = field(default_factory=list)
-    replay: Any = None
-    access_token: str | None = None
+    registry: Registry
+    verifier: TokenVerifier
+    relay: Relay
+    limits: SessionLimits = field(default_factory=SessionLimits)
+    joins: RateWindow = field(default_factory=lambda: RateWindow(0))
+    events: RateWindow = field(default_factory=lambda: RateWindow(0))
+    refused: Callable[[str], None] = _ignore_refusal
+    slow_consumer: Callable[[], None] = _ignore
 
-    @classmethod
-    def parse(cls, payload: Any) -> JoinRequest:
-        if not isinstance(payload, dict):
-            return cls()
-        config = payload.get("config")
-        config = config if isinstance(config, dict) else {}
-        broadcast = config.get("broadcast")
-        broadcast = broadcast if isinstance(broadcast, dict) else {}
-        presence = config.get("presence")
-        presence = presence if isinstance(presence, dict) else {}
-        changes = config.get("postgres_changes")
-        token = payload.get("access_token", payload.get("user_token"))
-        key = presence.get("key")
-        return cls(
-            broadcast_self=flexible_bool(broadcast.get("self"), False),
-            broadcast_ack=flexible_bool(broadcast.get("ack"), False),
-            private=flexible_bool(config.get("private"), False),
-            presence_enabled=flexible_bool(presence.get("enabled"), False),
-            presence_key=key if isinstance(key, str) else "",
-            postgres_changes=changes if isinstance(changes, list) else [],
-            replay=broadcast.get("replay"),
-            access_token=token if isinstance(token, str) else None,
+
+class Session:
+    """One socket's channels, their rules, and the frames it has to send."""
+
+    def __init__(
+        self,
+        context: SessionContext,
+        vsn: Vsn,
+        token: str,
+        claims: dict[str, Any],
+        wakeup: Callable[[], None] = lambda: None,
+        now: float | None = None,
+    ) -> None:
+        self.context = context
+        self.vsn = vsn
+        self.token = token
+        self.claims = claims
+        self.channels: dict[str, Channel] = {}
+        self.outbox = Outbox(context.limits.outbox_limit_bytes, wakeup)
+        self.events = RateWindow(context.limits.max_events_per_second)
+        #: Set once the socket is to be closed; the shell closes it with ``close_code``.
+        self.closing = False
+        self.close_code: int | None = None
+        #: The request the rule in progress waits for; answer it before the next frame.
+        self.pending: Request | None = None
+        self.now = time.time() if now is None else now
+        self._rule: _Rule | None = None
+
+    # -- inputs ---------------------------------------------------------------------------------
+    def receive(self, msg: Message, size: int, now: float | None = None) -> None:
+        """Handle one decoded frame of ``size`` bytes on the wire."""
+        if self.pending is not None:
+            raise RuntimeError("a request is pending: answer it before the next frame")
+        self._clock(now)
+        self._advance(self._handle(msg, size), None)
+
+    def answer(self, result: Answer, now: float | None = None) -> None:
+        """Give the pending request its result; the rule that asked goes on."""
+        rule = self._rule
+        if rule is None or self.pending is None:
+            raise RuntimeError("no request is pending")
+        self._rule = None
+        self.pending = None
+        self._clock(now)
+        self._advance(rule, result)
+
+    def abandon(self) -> None:
+        """Drop the rule in progress (its request failed in a way the rule cannot handle)."""
+        self._rule = None
+        self.pending = None
+
+    def tick(self, now: float | None = None) -> None:
+        """Expire the channels whose token has expired by ``now``."""
+        self._clock(now)
+        for channel in list(self.channels.values()):
+            if channel.expires_at is not None and channel.expires_at <= self.now:
+                self._expire(channel)
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`tick` has something to do next (epoch seconds), None if never."""
+        deadlines = [ch.expires_at for ch in self.channels.values() if ch.expires_at is not None]
+        return min(deadlines) if deadlines else None
+
+    def begin_close(self, code: int) -> None:
+        """Stop delivering to this socket now; the shell sends what is queued, then closes."""
+        if self.closing:
+            return
+        self.closing = True
+        self.close_code = code
+        self.outbox.closed = True
+        self.leave_all()
+        self.outbox.wake()
+
+    def leave_all(self) -> None:
+        for channel in list(self.channels.values()):
+            self._leave(channel)
+
+    # -- output (also the Peer of this socket's channels) ---------------------------------------
+    def send(self, frame: Frame) -> None:
+        if not self.outbox.push(frame) and self.outbox.overflowed and not self.closing:
+            self.context.slow_consumer()
+            self.begin_close(SLOW_CONSUMER_CLOSE)
+
+    @property
+    def slow_consumer(self) -> bool:
+        return self.outbox.overflowed
+
+    def _reply(self, msg: Message, status: str, response: Any) -> None:
+        self.send(phoenix.encode_reply(self.vsn, msg.join_ref, msg.ref, msg.topic, status, response))
+
+    def _push(self, channel: Channel, event: str, payload: Any) -> None:
+        self.send(phoenix.encode_push(self.vsn, channel.join_ref, channel.topic, event, payload))
+
+    def _close_channel(self, channel: Channel) -> None:
+        """phx_close for a channel the server ends (reference: ref = join_ref)."""
+        self.send(
+            phoenix.encode_push(
+                self.vsn, channel.join_ref, channel.topic, "phx_close", {}, ref=channel.join_ref
+            )
         )
 
-    def token_or(self, socket_token: str | None) -> str | None:
-        """The join's own token wins, except the new `sb_` API keys, which are not JWTs."""
-        if self.access_token and not self.access_token.startswith("sb_"):
-            return self.access_token
-        return socket_token
+    # -- driving the rules ----------------------------------------------------------------------
+    def _clock(self, now: float | None) -> None:
+        self.now = time.time() if now is None else now
 
+    def _advance(self, rule: _Rule, value: Answer | None) -> None:
+        try:
+            request = rule.send(value) if value is not None else next(rule)
+        except StopIteration:
+            return
+        self._rule = rule
+        self.pending = request
 
-class RateWindow:
-    """Events per second over a sliding one-second window (0 = unlimited)."""
+    # -- channel bookkeeping --------------------------------------------------------------------
+    def _leave(self, channel: Channel) -> None:
+        if self.channels.get(channel.topic) is channel:
+            del self.channels[channel.topic]
+        self.context.registry.remove(channel)
 
-    __slots__ = ("_count", "_window_start", "limit")
+    def _shutdown_channel(self, channel: Channel, message: str) -> None:
+        """The reference server's channel shutdown: a system error, then phx_close."""
+        self._push(
+            channel,
+            "system",
+            {"extension": "system", "status": "error", "message": message, "channel": channel.subtopic},
+        )
+        self._close_channel(channel)
+        self._leave(channel)
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._window_start = 0.0
-        self._count = 0
+    def _expire(self, channel: Channel) -> None:
+        seconds = max(0, int(self.now - float(channel.claims["exp"])))
+        self.context.refused("token_expired")
+        self._shutdown_channel(channel, reasons.token_expired(seconds))
 
-    def allow(self, now: float | None = None, cost: int = 1) -> bool:
-        if not self.limit:
-            return True
-        now = time.monotonic() if now is None else now
-        if now - self._window_start >= 1.0:
-            self._window_start = now
-            self._count = 0
-        if self._count + cost > self.limit:
-            return False
-        self._count += cost
-        return True
+    @staticmethod
+    def _expiry(claims: dict[str, Any]) -> float | None:
+        exp = claims.get("exp")
+        return float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
+
+    # -- the rules ------------------------------------------------------------------------------
+    def _handle(self, msg: Message, size: int) -> _Rule:
+        if msg.topic == "phoenix":
+            if msg.event == "heartbeat":
+                self._reply(msg, "ok", {})
+            return
+        if msg.event == "phx_join":
+            yield from self._join(msg)
+            return
+        channel = self.channels.get(msg.topic)
+        if msg.event == "phx_leave":
+            self._reply(msg, "ok", {})
+            if channel is not None:
+                self._close_channel(channel)
+                self._leave(channel)
+            return
+        if channel is None:
+            self._reply(msg, "error", {"reason": reasons.UNMATCHED_TOPIC})
+            return
+        if msg.event == "broadcast":
+            yield from self._client_broadcast(channel, msg, size)
+        elif msg.event == "access_token":
+            yield from self._refresh_token(channel, msg.payload)
+        elif msg.event == "presence":
+            self._reply(msg, "error", {"reason": reasons.PRESENCE_UNSUPPORTED})
+        # Other events are ignored, as the reference server does.
+
+    def _join(self, msg: Message) -> _Rule:
+        context = self.context
+        subtopic = phoenix.subtopic(msg.topic)
+        if subtopic is None:
+            self._reply(msg, "error", {"reason": reasons.UNMATCHED_TOPIC})
+            return
+        if not subtopic:
+            self._reply(msg, "error", {"reason": reasons.TOPIC_NAME_REQUIRED})
+            return
+        request = JoinRequest.parse(msg.payload)
+        previous = self.channels.get(msg.topic)
+        if previous is not None:
+            # A second join of a joined topic replaces the first, which is closed first.
+            self._close_channel(previous)
+            self._leave(previous)
+
+        def refuse(reason: str, metric: str) -> None:
+            context.refused(metric)
+            log.info("join of %s refused: %s", msg.topic, reason)
+            self._reply(msg, "error", {"reason": reason})
+
+        if request.postgres_changes:
+            refuse(reasons.POSTGRES_CHANGES_UNSUPPORTED, "postgres_changes")
+            return
+        if not context.joins.allow():
+            refuse(reasons.TOO_MANY_JOINS, "joins_per_second")
+            # The reference server also drops the socket of a client that joins too fast.
+            self.begin_close(POLICY_VIOLATION)
+            return
+        limit = context.limits.max_channels
+        if limit and len(self.channels) >= limit:
+            refuse(reasons.TOO_MANY_CHANNELS, "channels_per_client")
+            return
+        token = request.token_or(self.token)
+        try:
+            claims = self.claims if token == self.token else context.verifier.verify(token, self.now)
+        except AuthError as exc:
+            refuse(exc.reason, "invalid_token")
+            return
+        channel = Channel(
+            peer=self,
+            topic=msg.topic,
+            subtopic=subtopic,
+            join_ref=msg.join_ref if msg.join_ref is not None else msg.ref,
+            private=request.private,
+            broadcast_self=request.broadcast_self,
+            broadcast_ack=request.broadcast_ack,
+            presence_enabled=request.presence_enabled,
+            token=token,
+            claims=claims,
+            expires_at=self._expiry(claims),
+        )
+        if request.private:
+            allowed = yield ReadCheck(subtopic, claims)
+            if isinstance(allowed, PolicyFailed):
+                refuse(reasons.rls_error(subtopic, allowed.detail), "rls_error")
+                return
+            if isinstance(allowed, Unavailable):
+                refuse(reasons.DATABASE_UNAVAILABLE, "database_unavailable")
+                return
+            channel.can_read = allowed is True
+            if not channel.can_read:
+                refuse(reasons.unauthorized_read(subtopic), "unauthorized")
+                return
+        replayed: list[Row] = []
+        if request.replay is not None:
+            if not request.private:
+                refuse(reasons.REPLAY_PUBLIC, "replay")
+                return
+            window = request.replay_window()
+            if window is None:
+                refuse(reasons.REPLAY_INVALID, "replay")
+                return
+            rows = yield ReplayQuery(subtopic, *window)
+            if not isinstance(rows, list):
+                refuse(reasons.REPLAY_FAILED, "replay")
+                return
+            replayed = rows
+        if self.closing:
+            return
+        self.channels[msg.topic] = channel
+        context.registry.add(channel)
+        self._reply(msg, "ok", {"postgres_changes": []})
+        if request.presence_enabled:
+            self._push(channel, "presence_state", {})
+        for row in replayed:
+            frame = row_frame(self.vsn, row, replayed=True)
+            if frame is not None:
+                self.send(frame)
+
+    def _client_broadcast(self, channel: Channel, msg: Message, size: int) -> _Rule:
+        context = self.context
+        payload = msg.payload
+        if isinstance(payload, UserBroadcast):
+            payload_size = len(payload.payload)
+        elif isinstance(payload, dict):
+            payload_size = size
+        else:
+            return  # not a broadcast map: nothing to relay
+        if payload_size > context.limits.max_payload_bytes:
+            context.refused("payload_size")
+            if channel.broadcast_ack:
+                self._reply(msg, "error", reasons.PAYLOAD_SIZE_EXCEEDED)
+            return
+        if not self.events.allow() or not context.events.allow():
+            context.refused("events_per_second")
+            self._shutdown_channel(channel, reasons.TOO_MANY_MESSAGES)
+            return
+        if channel.private:
+            if channel.can_write is None:
+                allowed = yield WriteCheck(channel.subtopic, channel.claims)
+                if isinstance(allowed, Unavailable | PolicyFailed):
+                    log.warning(
+                        "RlsPolicyError: write check on %s failed: %s", channel.subtopic, allowed.detail
+                    )
+                    return
+                channel.can_write = allowed is True
+            if not channel.can_write:
+                # The reference server drops a denied send without a reply, even with ack.
+                context.refused("unauthorized_write")
+                return
+            if self.channels.get(channel.topic) is not channel:
+                return
+        exclude = None if channel.broadcast_self else channel
+        context.relay.relay(channel.subtopic, channel.private, payload, exclude)
+        if channel.broadcast_ack:
+            self._reply(msg, "ok", {})
+
+    def _refresh_token(self, channel: Channel, payload: Any) -> _Rule:
+        token = payload.get("access_token") if isinstance(payload, dict) else None
+        # Ignored, never answered: null, unchanged, and the non-JWT `sb_` keys.
+        if token is None or not isinstance(token, str) or token == channel.token or token.startswith("sb_"):
+            return
+        try:
+            claims = self.context.verifier.verify(token, self.now) if token else None
+        except AuthError as exc:
+            self._shutdown_channel(channel, exc.message)
+            return
+        if claims is None:
+            self._shutdown_channel(channel, reasons.INVALID_JWT)
+            return
+        if channel.private:
+            answer = yield ReadCheck(channel.subtopic, claims)
+            if isinstance(answer, Unavailable):
+                # The policies cannot be evaluated now; the token itself is valid. Keep the channel
+                # on the permission it has, and check again at the next refresh.
+                log.warning(
+                    "UnableToConnectToProject: read re-check on %s postponed: %s",
+                    channel.subtopic,
+                    answer.detail,
+                )
+                allowed = True
+            elif isinstance(answer, PolicyFailed):
+                log.warning("RlsPolicyError: read check on %s failed: %s", channel.subtopic, answer.detail)
+                allowed = False
+            else:
+                allowed = answer is True
+            if self.channels.get(channel.topic) is not channel:
+                return
+            if not allowed:
+                channel.can_read = False
+                self._shutdown_channel(channel, reasons.revoked_read(channel.subtopic))
+                return
+            channel.can_read = True
+            channel.can_write = None  # re-checked on the next send, with the new claims
+        channel.token = token
+        channel.claims = claims
+        channel.expires_at = self._expiry(claims)

@@ -21,11 +21,12 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 import psycopg
+
+from .rows import Row
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +49,43 @@ order by m.xid, m.seq
 """
 
 
-@dataclass(frozen=True, slots=True)
-class Row:
-    id: str
-    topic: str
-    event: str | None
-    private: bool | None
-    payload: str | None  # jsonb text
-    binary_payload: bytes | None
-    inserted_at: float  # epoch seconds (transaction start, UTC)
+# The replay of a private channel's join: the newest messages of one topic since a time, in
+# the order the reader would have delivered them. It reads history, not news, so it does not
+# touch the reader's snapshot; it runs on a pool connection, in a transaction rolled back.
+_REPLAY = """
+select id::text, topic, event, private, payload::text, binary_payload,
+       extract(epoch from inserted_at)::float8
+from (
+    select id, topic, event, private, payload, binary_payload, inserted_at, xid, seq
+    from realtime.messages
+    where topic = %(topic)s and private is true and extension = 'broadcast'
+      and inserted_at >= to_timestamp(%(since)s / 1000.0) at time zone 'utc'
+      and inserted_at < timezone('utc', now()) + interval '1 minute'
+    order by inserted_at desc, xid desc, seq desc
+    limit %(limit)s
+) as newest
+order by inserted_at, xid, seq
+"""
+
+
+def _row(r: Any, at: int = 0) -> Row:
+    """A Row from the seven columns of a record that start at ``at``."""
+    binary = r[at + 5]
+    return Row(
+        id=r[at],
+        topic=r[at + 1],
+        event=r[at + 2],
+        private=r[at + 3],
+        payload=r[at + 4],
+        binary_payload=bytes(binary) if binary is not None else None,
+        inserted_at=r[at + 6],
+    )
+
+
+async def replay(conn: psycopg.AsyncConnection[Any], subtopic: str, since_ms: int, limit: int) -> list[Row]:
+    """The newest ``limit`` private messages of ``subtopic`` inserted since ``since_ms`` (epoch ms)."""
+    cur = await conn.execute(_REPLAY, {"topic": subtopic, "since": since_ms, "limit": limit})
+    return [_row(r) for r in await cur.fetchall()]
 
 
 class StreamState(StrEnum):
@@ -154,19 +183,7 @@ class MessageStream:
             self.reads += 1
             self._set_state(StreamState.LIVE, "ok")
             new_snapshot = records[0][0]
-            rows = [
-                Row(
-                    id=r[1],
-                    topic=r[2],
-                    event=r[3],
-                    private=r[4],
-                    payload=r[5],
-                    binary_payload=bytes(r[6]) if r[6] is not None else None,
-                    inserted_at=r[7],
-                )
-                for r in records
-                if r[1] is not None
-            ]
+            rows = [_row(r, 1) for r in records if r[1] is not None]
             # Deliver before advancing: if delivery raised, the same rows would come back.
             if rows:
                 self.on_rows(rows)
@@ -182,3 +199,6 @@ class MessageStream:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+__all__ = ["MessageStream", "Row", "RowsHandler", "StreamState", "replay"]

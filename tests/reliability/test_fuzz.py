@@ -238,7 +238,7 @@ async def test_fuzzed_frames_never_break_the_server_or_its_good_clients(make_ser
 
         for fuzzer in fuzzers:
             await fuzzer.close()
-        await wait_for(lambda: len(realtime.sockets) == 2, what="fuzz sockets gone")
+        await wait_for(lambda: len(realtime.connections) == 2, what="fuzz sockets gone")
         assert realtime.registry.channel_count == 2
         async with aiohttp.ClientSession() as http:
             async with http.get(f"{server.url}/healthz") as response:

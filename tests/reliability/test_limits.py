@@ -61,7 +61,7 @@ async def test_frame_over_the_limit_closes_the_socket_with_1009(make_server):
         )
         frame = await ws.recv_until(is_close)
         assert frame.type == aiohttp.WSMsgType.CLOSE and frame.data == 1009
-    await wait_for(lambda: not server.server.sockets, what="socket gone")
+    await wait_for(lambda: not server.server.connections, what="socket gone")
     assert server.server.registry.channel_count == 0
     # REST bodies have the same bound (aiohttp's client_max_size): 413.
     async with aiohttp.ClientSession() as http:
@@ -86,7 +86,7 @@ async def test_idle_timeout_closes_silent_sockets_only(make_server):
             await asyncio.sleep(0.2)
         frame = await silent.recv_until(is_close, timeout=1)
         assert frame.type == aiohttp.WSMsgType.CLOSE and frame.data == 1000
-        await wait_for(lambda: len(server.server.sockets) == 2, what="silent socket gone")
+        await wait_for(lambda: len(server.server.connections) == 2, what="silent socket gone")
         assert server.server.registry.channel_count == 2
 
 
@@ -103,7 +103,7 @@ async def test_too_many_connected_users_is_refused_before_the_upgrade(make_serve
             await http.ws_connect(url)
         assert refused.value.status == 429
         await first.close()
-        await wait_for(lambda: len(server.server.sockets) == 1, what="a slot freed")
+        await wait_for(lambda: len(server.server.connections) == 1, what="a slot freed")
         third = await RawSocket.connect(server.url, server.token())
         assert reply_of(await third.join("room"))["status"] == "ok"
     await second.close()
@@ -121,7 +121,7 @@ async def test_too_many_joins_per_second_refuses_and_disconnects(make_server):
         }
         frame = await ws.recv_until(is_close)
         assert frame.type == aiohttp.WSMsgType.CLOSE and frame.data == 1008
-    await wait_for(lambda: not server.server.sockets, what="socket gone")
+    await wait_for(lambda: not server.server.connections, what="socket gone")
     assert server.server.registry.channel_count == 0
     await asyncio.sleep(1.05)  # the next second
     async with await RawSocket.connect(server.url, server.token()) as ws:

@@ -7,7 +7,7 @@ import logging
 import aiohttp
 import orjson
 import pytest
-from pg_realtime import server as server_module
+from pg_realtime import session as session_module
 from pg_realtime.cli import JsonFormatter
 
 from tests.sidecar.test_delivery import run_sql
@@ -90,13 +90,14 @@ async def test_rows_that_are_not_messages_are_logged_as_unable_to_broadcast_chan
 async def test_an_unexpected_error_is_logged_and_the_socket_survives(make_server, caplog, monkeypatch):
     caplog.set_level(logging.INFO, logger="pg_realtime")
 
-    async def explode(self, channel, msg, size):
+    def explode(self, channel, msg, size):  # a rule of the session: a generator
         raise RuntimeError("boom")
+        yield
 
     server = await make_server(None)
     async with await RawSocket.connect(server.url, server.token()) as ws:
         await ws.join("room")
-        monkeypatch.setattr(server_module.Socket, "client_broadcast", explode)
+        monkeypatch.setattr(session_module.Session, "_client_broadcast", explode)
         await ws.send(
             "realtime:room", "broadcast", {"type": "broadcast", "event": "e", "payload": {}}, ref="2"
         )

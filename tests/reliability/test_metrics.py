@@ -64,7 +64,7 @@ async def test_metrics_follow_sockets_channels_messages_lag_and_refusals(make_se
         url = f"{server.url}/realtime/v1/websocket?apikey={server.token()}&vsn=2.0.0"
         async with await RawSocket.connect(server.url, server.token()), http.get(url) as refused:
             assert refused.status == 429
-        await wait_for(lambda: len(server.server.sockets) == 2, what="third socket gone")
+        await wait_for(lambda: len(server.server.connections) == 2, what="third socket gone")
 
         after = await scrape(server)
         assert sample(after, "realtime_sockets") == 2
@@ -84,7 +84,7 @@ async def test_metrics_follow_sockets_channels_messages_lag_and_refusals(make_se
         assert sample(after, "realtime_refusals_total", reason="max_connections") == 1
         assert sample(after, "realtime_slow_consumer_disconnects_total") == 0
 
-    await wait_for(lambda: not server.server.sockets, what="sockets closed")
+    await wait_for(lambda: not server.server.connections, what="sockets closed")
     closed = await scrape(server)
     assert sample(closed, "realtime_sockets") == 0
     assert sample(closed, "realtime_channels") == 0

@@ -80,7 +80,7 @@ async def test_a_socket_that_stops_reading_is_cut_off_and_holds_nobody_back(make
         after = [await one_message() for _ in range(300)]
 
         # The one that never reads again is dropped anyway (it cannot even take the close frame).
-        await wait_for(lambda: len(realtime.sockets) == 4, timeout=10, what="stalled sockets dropped")
+        await wait_for(lambda: len(realtime.connections) == 4, timeout=10, what="stalled sockets dropped")
         metrics = await scrape(server)
         assert sample(metrics, "realtime_slow_consumer_disconnects_total") == 2
         assert sample(metrics, "realtime_sockets") == 4

@@ -1,7 +1,8 @@
 """The channel state machine of one socket under random sequences of anything a client can send.
 
-A ``Socket`` is built on a server that is never started: ``send`` only queues frames into the
-socket's outbox, so each step can be checked exactly. After every step: nothing raised, the
+A ``Session`` is driven alone, with plain values: frames in, the database's answers to its
+requests drawn at random, virtual time; it only queues frames into its outbox, so each step can
+be checked exactly. After every step: nothing raised, the
 server's registry holds exactly the socket's channels, every frame out is a valid frame for the
 socket's serializer, every reply answers the message of that step, and a topic is joined iff the
 wire said so (an ok join reply opens it, a phx_close ends it).
@@ -9,7 +10,6 @@ wire said so (an ok join reply opens it, a phx_close ends it).
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -19,10 +19,23 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pg_realtime import phoenix
-from pg_realtime.auth import sign
+from pg_realtime.auth import Verifier, sign
+from pg_realtime.broadcast import Broadcaster
+from pg_realtime.channels import Registry
 from pg_realtime.config import Settings
+from pg_realtime.limits import RateWindow, SessionLimits
+from pg_realtime.metrics import Metrics
 from pg_realtime.phoenix import Message, PayloadEncoding, UserBroadcast, Vsn
-from pg_realtime.server import RealtimeServer, Socket
+from pg_realtime.rows import Row
+from pg_realtime.session import (
+    Answer,
+    PolicyFailed,
+    ReplayQuery,
+    Request,
+    Session,
+    SessionContext,
+    Unavailable,
+)
 
 SECRET = "state-machine-secret-with-enough-entropy-123"
 
@@ -207,33 +220,64 @@ def check_frame(frame: str | bytes, vsn: Vsn) -> tuple[str | None, str | None, s
     return message.join_ref, message.ref, message.topic, message.event, message.payload
 
 
-def registry_channels(server: RealtimeServer) -> set[Any]:
+def registry_channels(registry: Registry) -> set[Any]:
     return {
         channel
-        for subtopic, private, _count in server.registry.topics()
-        for channel in server.registry.subscribers(subtopic, private)
+        for subtopic, private, _count in registry.topics()
+        for channel in registry.subscribers(subtopic, private)
     }
 
 
-async def drive(
-    vsn: Vsn, limit_settings: dict[str, int], script: list[Message | Sleep]
+REPLAYED_ROW = Row("00000000-0000-0000-0000-000000000001", "a", "e", True, '{"n": 1}', None, 0.0)
+
+
+def answer_for(request: Request, choice: str) -> Answer:
+    """What the database would say: yes, no, unreachable, or broken policies."""
+    if choice == "down":
+        return Unavailable("connection refused")
+    if choice == "broken":
+        return PolicyFailed("division by zero")
+    if isinstance(request, ReplayQuery):
+        return [REPLAYED_ROW] if choice == "yes" else []
+    return choice == "yes"
+
+
+def drive(
+    vsn: Vsn, limit_settings: dict[str, int], script: list[Message | Sleep], answers: list[str]
 ) -> list[tuple[str, Any]]:
-    """Run the script, checking after every step; returns the (event, payload) of every frame sent."""
-    server = RealtimeServer(Settings(jwt_secret=SECRET, **limit_settings))
+    """Run the script on a session alone, checking after every step; returns every (event, payload) sent.
+
+    Time is virtual: a Sleep step moves the session's clock and ticks it.
+    """
+    settings = Settings(jwt_secret=SECRET, **limit_settings)
+    registry = Registry()
+    context = SessionContext(
+        registry=registry,
+        verifier=Verifier.from_config(SECRET, None),
+        relay=Broadcaster(registry, Metrics()),
+        limits=SessionLimits.from_settings(settings),
+        joins=RateWindow(settings.max_joins_per_second),
+        events=RateWindow(settings.max_events_per_second),
+    )
     token = _token("valid")
-    sock = Socket(server, None, vsn, token, server.verifier.verify(token))  # type: ignore[arg-type]
+    now = time.time()
+    sock = Session(context, vsn, token, context.verifier.verify(token), now=now)
+    choices = iter(answers)
     joined: set[str] = set()
     seen: list[tuple[str, Any]] = []
     for step in script:
         if isinstance(step, Sleep):
-            await asyncio.sleep(step.seconds)
+            now += step.seconds
+            sock.tick(now)
             msg = None
         else:
             msg = step
             size = (
                 len(orjson.dumps(msg.payload)) if not isinstance(msg.payload, bytes | UserBroadcast) else 64
             )
-            await sock.handle(msg, size)
+            sock.receive(msg, size, now)
+            while sock.pending is not None:
+                sock.answer(answer_for(sock.pending, next(choices, "down")), now)
         replies = 0
         for frame in sock.outbox.take_all():
             join_ref, ref, topic, event, payload = check_frame(frame, vsn)
@@ -261,23 +305,26 @@ async def drive(
         if sock.closing:
             assert not sock.channels
             joined.clear()
-        assert registry_channels(server) == set(sock.channels.values())
-        assert server.registry.channel_count == len(sock.channels)
+        assert registry_channels(registry) == set(sock.channels.values())
+        assert registry.channel_count == len(sock.channels)
         assert all(channel.topic == topic for topic, channel in sock.channels.items())
         assert set(sock.channels) == joined
         limit = limit_settings["max_channels_per_client"]
         assert not limit or len(sock.channels) <= limit
     sock.leave_all()
-    assert server.registry.channel_count == 0 and not registry_channels(server)
+    assert registry.channel_count == 0 and not registry_channels(registry)
     return seen
 
 
+answer_choices = st.lists(st.sampled_from(["yes", "no", "down", "broken"]), max_size=12)
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(vsn=st.sampled_from([Vsn.V1, Vsn.V2]), limit_settings=limits, script=steps)
+@given(vsn=st.sampled_from([Vsn.V1, Vsn.V2]), limit_settings=limits, script=steps, answers=answer_choices)
 def test_random_sessions_keep_the_registry_and_the_wire_consistent(
-    vsn: Vsn, limit_settings: dict[str, int], script: list[Message | Sleep]
+    vsn: Vsn, limit_settings: dict[str, int], script: list[Message | Sleep], answers: list[str]
 ) -> None:
-    seen = asyncio.run(drive(vsn, limit_settings, script))
+    seen = drive(vsn, limit_settings, script, answers)
     joins = sum(1 for event, payload in seen if event == "phx_reply" and "postgres_changes" in str(payload))
     hypothesis.event("joins that succeeded", joins)
 
@@ -299,7 +346,7 @@ def test_the_same_checks_hold_for_a_scripted_session() -> None:
             Message("7", "8", "realtime:b", "phx_leave", {}),
             Message(None, "9", "phoenix", "heartbeat", {}),
         ]
-        seen = asyncio.run(drive(vsn, {"max_channels_per_client": 2}, script))
+        seen = drive(vsn, {"max_channels_per_client": 2}, script, [])
         system = [payload["message"] for event, payload in seen if event == "system"]
         assert system == ["The token provided is not a valid JWT", "Token has expired 0 seconds ago"]
         assert [event for event, _ in seen].count("phx_close") == 4

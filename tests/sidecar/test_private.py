@@ -320,7 +320,7 @@ async def test_sidecar_runs_as_the_least_privileged_role_the_readme_describes(ma
     params["user"] = role
     try:
         server = await make_server(make_conninfo(**params))
-        await server.server.maintain()
+        await server.server.database.maintain(server.server.settings.retention)
         ws, reply = await join_private(server, "room-rw", server.token("authenticated"))
         async with ws:
             assert reply["status"] == "ok"

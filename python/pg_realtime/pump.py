@@ -1,0 +1,214 @@
+"""The shell around one socket's :class:`~pg_realtime.session.Session`: it does the I/O.
+
+Three things run per socket: the read loop (decode a frame, hand it to the session, perform
+what the session asks for, one frame at a time), the writer (drain the session's outbox to
+the WebSocket, then close it when the session says so) and one timer (the session's next
+deadline). Everything the socket's channels do is decided in the session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from . import phoenix
+from .database import Database, DatabaseUnavailable
+from .phoenix import Message, Vsn
+from .policies import PolicyError
+from .session import (
+    SLOW_CONSUMER_CLOSE,
+    Answer,
+    PolicyFailed,
+    ReadCheck,
+    ReplayQuery,
+    Request,
+    Session,
+    SessionContext,
+    Unavailable,
+    WriteCheck,
+)
+
+log = logging.getLogger("pg_realtime")
+
+#: After a slow-consumer close, a client that still reads nothing is dropped without the close frame.
+SLOW_CONSUMER_GRACE_S = 2.0
+#: How long the writer waits for the close handshake.
+CLOSE_TIMEOUT_S = 2.0
+SLOW_CONSUMER_MESSAGE = b"slow consumer: outgoing buffer limit exceeded"
+
+
+async def perform(database: Database | None, request: Request) -> Answer:
+    """Carry out a session's request; failures come back as values, never as exceptions."""
+    if database is None:
+        return Unavailable("no database configured")
+    try:
+        if isinstance(request, ReadCheck):
+            return await database.can_read(request.subtopic, request.claims)
+        if isinstance(request, WriteCheck):
+            return await database.can_write(request.subtopic, request.claims)
+        if isinstance(request, ReplayQuery):
+            return await database.replay(request.subtopic, request.since_ms, request.limit)
+    except PolicyError as exc:
+        return PolicyFailed(str(exc))
+    except DatabaseUnavailable as exc:
+        return Unavailable(str(exc))
+    except psycopg.Error as exc:
+        return PolicyFailed(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    raise TypeError(f"unknown request {request!r}")
+
+
+class Connection:
+    """One WebSocket client: its session, read loop, writer task and timer."""
+
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        context: SessionContext,
+        vsn: Vsn,
+        token: str,
+        claims: dict[str, Any],
+        database: Database | None,
+        transport: asyncio.Transport | None,
+        idle_timeout_s: float,
+        on_idle_timeout: Callable[[], None] | None = None,
+    ) -> None:
+        self.ws = ws
+        self.session = Session(context, vsn, token, claims, wakeup=self.wakeup)
+        self.database = database
+        self.transport = transport
+        self.idle_timeout_s = idle_timeout_s
+        self.on_idle_timeout = on_idle_timeout
+        self.wake = asyncio.Event()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._abort_scheduled = False
+
+    def wakeup(self) -> None:
+        """The session's outbox has frames, overflowed, or the session is closing."""
+        self.wake.set()
+        if self.session.outbox.overflowed:
+            self._abort_later()
+
+    def begin_close(self, code: int) -> None:
+        self.session.begin_close(code)
+
+    async def serve(self) -> None:
+        writer = asyncio.create_task(self._writer())
+        try:
+            await self._read_loop()
+        finally:
+            self._cancel_timer()
+            session = self.session
+            session.leave_all()
+            if not session.closing:
+                session.begin_close(WSCloseCode.OK)
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, Exception):
+                await asyncio.wait_for(writer, CLOSE_TIMEOUT_S + 1)
+            writer.cancel()
+
+    # -- input ----------------------------------------------------------------------------------
+    async def _read_loop(self) -> None:
+        ws, session = self.ws, self.session
+        idle = self.idle_timeout_s
+        while not session.closing:
+            try:
+                raw = await ws.receive(timeout=idle or None)
+            except TimeoutError:
+                if self.on_idle_timeout is not None:
+                    self.on_idle_timeout()
+                session.begin_close(WSCloseCode.OK)
+                return
+            if raw.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+                data = raw.data
+            elif raw.type == WSMsgType.ERROR:
+                # Frame too large and similar: aiohttp has already decided to close.
+                log.info("websocket error: %s", ws.exception())
+                return
+            else:
+                return
+            try:
+                msg = phoenix.decode(data, session.vsn)
+            except phoenix.ProtocolError as exc:
+                log.info("MalformedWebSocketMessage: %s", exc)
+                continue
+            await self.handle(msg, len(data))
+
+    async def handle(self, msg: Message, size: int) -> None:
+        """One frame through the session, performing what it asks for until it is done."""
+        session = self.session
+        try:
+            session.receive(msg, size)
+            while session.pending is not None:
+                answer = await perform(self.database, session.pending)
+                session.answer(answer)
+        except Exception:
+            # One bad frame must never take the socket (or the server) down.
+            log.exception("UnknownErrorOnChannel while handling %s on %s", msg.event, msg.topic)
+            session.abandon()
+        self._schedule_timer()
+
+    # -- timers ---------------------------------------------------------------------------------
+    def _schedule_timer(self) -> None:
+        deadline = self.session.next_deadline()
+        if deadline == self._timer_at:
+            return
+        self._cancel_timer()
+        if deadline is None:
+            return
+        self._timer_at = deadline
+        # A millisecond late, so that the token has expired when the session looks.
+        delay = max(0.0, deadline - time.time()) + 0.001
+        self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = None
+        self._timer_at = None
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self.session.tick()
+        self._schedule_timer()
+
+    # -- output ---------------------------------------------------------------------------------
+    async def _writer(self) -> None:
+        ws, session = self.ws, self.session
+        outbox = session.outbox
+        try:
+            while True:
+                await self.wake.wait()
+                self.wake.clear()
+                while (frame := outbox.pop()) is not None:
+                    if isinstance(frame, bytes):
+                        await ws.send_bytes(frame)
+                    else:
+                        await ws.send_str(frame)
+                if session.closing:
+                    code = session.close_code or WSCloseCode.OK
+                    message = (
+                        SLOW_CONSUMER_MESSAGE if code == SLOW_CONSUMER_CLOSE and outbox.overflowed else b""
+                    )
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(ws.close(code=code, message=message), CLOSE_TIMEOUT_S)
+                    return
+        except (ConnectionError, RuntimeError, asyncio.CancelledError):
+            session.closing = True
+            session.outbox.closed = True
+            return
+
+    def _abort_later(self) -> None:
+        # The writer waits for the client to read, which may never happen: drop the connection
+        # if the close frame has not gone out by then (abort also wakes the reader and writer).
+        if self._abort_scheduled or self.transport is None:
+            return
+        self._abort_scheduled = True
+        asyncio.get_running_loop().call_later(SLOW_CONSUMER_GRACE_S, self.transport.abort)

@@ -1,0 +1,39 @@
+"""Error reasons and system messages, worded exactly as the reference server words them.
+
+Join errors are ``"<Code>: <message>"``; the official clients show them to the user as they are.
+"""
+
+from __future__ import annotations
+
+TOPIC_NAME_REQUIRED = "TopicNameRequired: You must provide a topic name"
+TOO_MANY_CHANNELS = "ChannelRateLimitReached: Too many channels"
+TOO_MANY_JOINS = "ClientJoinRateLimitReached: Too many joins per second"
+UNMATCHED_TOPIC = "unmatched topic"
+POSTGRES_CHANGES_UNSUPPORTED = (
+    "PostgresChangesNotSupported: this server implements Broadcast only; "
+    "Postgres Changes bindings cannot be joined"
+)
+PRESENCE_UNSUPPORTED = "PresenceNotSupported: Presence is not supported by this server yet"
+REPLAY_INVALID = "UnableToReplayMessages: Replay params are not valid"
+REPLAY_FAILED = "UnableToReplayMessages: Realtime was unable to replay messages"
+REPLAY_PUBLIC = "UnableToReplayMessages: Replay is not allowed for public channels"
+DATABASE_UNAVAILABLE = "UnableToConnectToProject: Realtime was unable to connect to the project database"
+TOO_MANY_MESSAGES = "Too many messages per second"
+INVALID_JWT = "The token provided is not a valid JWT"
+PAYLOAD_SIZE_EXCEEDED = "payload_size_exceeded"
+
+
+def unauthorized_read(subtopic: str) -> str:
+    return f"Unauthorized: You do not have permissions to read from this Channel topic: {subtopic}"
+
+
+def revoked_read(subtopic: str) -> str:
+    return f"You no longer have permission to read from this Channel topic: {subtopic}"
+
+
+def rls_error(subtopic: str, detail: str) -> str:
+    return f"RlsPolicyError: Error checking the RLS policies of topic {subtopic}: {detail}"
+
+
+def token_expired(seconds_ago: int) -> str:
+    return f"Token has expired {seconds_ago} seconds ago"
