@@ -22,18 +22,8 @@ from . import phoenix
 from .database import Database, DatabaseUnavailable
 from .phoenix import Message, Vsn
 from .policies import PolicyError
-from .session import (
-    SLOW_CONSUMER_CLOSE,
-    Answer,
-    PolicyFailed,
-    ReadCheck,
-    ReplayQuery,
-    Request,
-    Session,
-    SessionContext,
-    Unavailable,
-    WriteCheck,
-)
+from .queries import Answer, PolicyFailed, ReadCheck, ReplayQuery, Request, Unavailable, WriteCheck
+from .session import SLOW_CONSUMER_CLOSE, Session, SessionContext
 
 log = logging.getLogger("pg_realtime")
 

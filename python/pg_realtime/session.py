@@ -28,6 +28,7 @@ from .channels import Channel, Frame, Outbox, Registry
 from .join import JoinRequest
 from .limits import RateWindow, SessionLimits
 from .phoenix import Message, UserBroadcast, Vsn
+from .queries import Answer, PolicyFailed, ReadCheck, ReplayQuery, Request, Unavailable, WriteCheck
 from .rows import Row
 
 log = logging.getLogger("pg_realtime")
@@ -36,52 +37,6 @@ SLOW_CONSUMER_CLOSE = 1008  # policy violation: the client stopped reading
 POLICY_VIOLATION = 1008
 NORMAL_CLOSE = 1000
 
-
-# -- what a session asks for, and what it is answered ------------------------------------------
-@dataclass(frozen=True, slots=True)
-class ReadCheck:
-    """May these claims read (subtopic, private)? Answer: bool or a Failure."""
-
-    subtopic: str
-    claims: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class WriteCheck:
-    """May these claims broadcast to (subtopic, private)? Answer: bool or a Failure."""
-
-    subtopic: str
-    claims: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class ReplayQuery:
-    """The newest private messages of a topic since a time. Answer: list[Row] or a Failure."""
-
-    subtopic: str
-    since_ms: int
-    limit: int
-
-
-Request = ReadCheck | WriteCheck | ReplayQuery
-
-
-@dataclass(frozen=True, slots=True)
-class Unavailable:
-    """The database could not be reached."""
-
-    detail: str
-
-
-@dataclass(frozen=True, slots=True)
-class PolicyFailed:
-    """The policies could not be evaluated (a broken policy, an unknown role...)."""
-
-    detail: str
-
-
-Failure = Unavailable | PolicyFailed
-Answer = bool | list[Row] | Failure
 
 _Rule = Generator[Request, Answer, None]
 

@@ -26,16 +26,9 @@ from pg_realtime.config import Settings
 from pg_realtime.limits import RateWindow, SessionLimits
 from pg_realtime.metrics import Metrics
 from pg_realtime.phoenix import Message, PayloadEncoding, UserBroadcast, Vsn
+from pg_realtime.queries import Answer, PolicyFailed, ReplayQuery, Request, Unavailable
 from pg_realtime.rows import Row
-from pg_realtime.session import (
-    Answer,
-    PolicyFailed,
-    ReplayQuery,
-    Request,
-    Session,
-    SessionContext,
-    Unavailable,
-)
+from pg_realtime.session import Session, SessionContext
 
 SECRET = "state-machine-secret-with-enough-entropy-123"
 
