@@ -190,6 +190,9 @@ async def make_server() -> AsyncIterator[ServerFactory]:
 
     async def start(database_url: str | None, port: int = 0, **overrides: Any) -> LiveServer:
         # The suite's cluster is an embedded one, as under `make run`: the inspector is in demo mode.
+        # Every default limit applies except the delay of refused joins, which would make each test
+        # of a refusal wait 5 s; the tests of that delay set it themselves.
+        overrides.setdefault("refused_join_delay_ms", 0)
         settings = Settings(
             jwt_secret=TEST_JWT_SECRET,
             port=port,

@@ -70,6 +70,10 @@ def missing_claims() -> AuthError:
     return AuthError("InvalidJWTToken", "Fields `role` and `exp` are required in JWT")
 
 
+def role_not_allowed() -> AuthError:
+    return AuthError("InvalidJWTToken", "The role in the token is not allowed", "Unauthorized")
+
+
 def expired(seconds_ago: int) -> AuthError:
     return AuthError("InvalidJWTToken", f"Token has expired {seconds_ago} seconds ago", "Token has expired")
 
@@ -82,14 +86,25 @@ class Verifier:
     jwks: dict[str, Any] = field(default_factory=dict)
     #: Exact-match claim validators (the reference server's JWT_CLAIM_VALIDATORS), e.g. {"iss": "..."}.
     claim_validators: dict[str, Any] = field(default_factory=dict)
+    #: The roles a token may name (None: any). ``none`` would make the sidecar switch to itself.
+    allowed_roles: frozenset[str] | None = None
     #: Leeway for ``nbf`` / ``iat`` in the future, in seconds (clock skew between issuer and us).
     leeway: int = 0
 
     @classmethod
     def from_config(
-        cls, secret: str | None, jwks: str | None, claim_validators: dict[str, Any] | None = None
+        cls,
+        secret: str | None,
+        jwks: str | None,
+        claim_validators: dict[str, Any] | None = None,
+        allowed_roles: frozenset[str] | None = None,
     ) -> Verifier:
-        return cls(secret=secret or None, jwks=load_jwks(jwks), claim_validators=claim_validators or {})
+        return cls(
+            secret=secret or None,
+            jwks=load_jwks(jwks),
+            claim_validators=claim_validators or {},
+            allowed_roles=allowed_roles,
+        )
 
     def verify(self, raw_token: str | None, now: float | None = None) -> dict[str, Any]:
         """The token's claims, or :class:`AuthError` with the reference server's code and text."""
@@ -165,6 +180,9 @@ class Verifier:
                 raise AuthError("InvalidJWTToken", f"Invalid claim: {name}")
         if "role" not in claims or "exp" not in claims or not isinstance(claims["role"], str):
             raise missing_claims()
+        role = claims["role"]
+        if not role or role == "none" or (self.allowed_roles is not None and role not in self.allowed_roles):
+            raise role_not_allowed()
         return claims
 
 

@@ -24,6 +24,7 @@ from . import __version__
 from .auth import sign
 from .config import Settings
 from .embedded import EmbeddedPostgres, EmbeddedPostgresError
+from .logs import RedactTokens
 from .server import RealtimeServer
 
 log = logging.getLogger("pg_realtime")
@@ -201,6 +202,8 @@ def configure_logging(level: str, fmt: str = "text") -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    # Tokens travel in query strings (?apikey=) and headers: never write them out.
+    handler.addFilter(RedactTokens())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -1,14 +1,17 @@
 """One typed Settings object, read from the environment and overridden by flags.
 
 Every option has a flag (``--port``) and an environment variable (``REALTIME_PORT``); the
-flag wins. Defaults bind to loopback and suit a self-hosted server: rate limits are off
-unless configured, because a limit that drops events surprises the people running it.
+flag wins. Defaults bind to loopback and set limits that keep one anonymous client (the anon
+key is public) from exhausting the server, sized for a self-hosted service; every limit is a
+flag, and docs/security.md lists them.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
+import json
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+#: HS secrets shorter than this are refused (RFC 7518 §3.2 asks for at least the hash size).
+MIN_SECRET_BYTES = 32
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,16 @@ class Settings:
     jwks: str | None = _opt(
         None, "REALTIME_JWKS", "JWKS for RS*/ES*/EdDSA tokens: the JSON itself or a file path"
     )
+    allowed_roles: str = _opt(
+        "anon,authenticated,service_role",
+        "REALTIME_ALLOWED_ROLES",
+        "comma-separated roles a token may name; never none, a superuser or the sidecar's own login",
+    )
+    jwt_claim_validators: str = _opt(
+        "",
+        "REALTIME_JWT_CLAIM_VALIDATORS",
+        'claims every token must carry with these exact values, as JSON: {"iss": "...", "aud": "..."}',
+    )
     # -- embedded PostgreSQL ----------------------------------------------------------------
     data_dir: Path = _opt(
         Path(".data"), "REALTIME_DATA_DIR", "embedded PostgreSQL data directory (reused across runs)"
@@ -66,13 +81,40 @@ class Settings:
     idle_timeout_s: float = _opt(
         60.0, "REALTIME_IDLE_TIMEOUT_S", "close a socket that sends nothing for this long"
     )
-    max_connections: int = _opt(0, "REALTIME_MAX_CONNECTIONS", "concurrent sockets (0 = unlimited)")
+    max_connections: int = _opt(
+        0,
+        "REALTIME_MAX_CONNECTIONS",
+        "concurrent sockets (0 = derived from the process's file-descriptor limit)",
+    )
+    max_connections_per_address: int = _opt(
+        250, "REALTIME_MAX_CONNECTIONS_PER_ADDRESS", "concurrent sockets from one client address (0 = off)"
+    )
+    trusted_proxies: str = _opt(
+        "",
+        "REALTIME_TRUSTED_PROXIES",
+        "comma-separated addresses or networks of proxies whose X-Forwarded-For names the client",
+    )
     max_joins_per_second: int = _opt(0, "REALTIME_MAX_JOINS_PER_SECOND", "joins/s, server-wide (0 = off)")
+    max_client_joins_per_second: int = _opt(
+        100, "REALTIME_MAX_CLIENT_JOINS_PER_SECOND", "joins/s per socket (0 = off); more closes the socket"
+    )
+    refused_join_delay_ms: float = _opt(
+        5000.0, "REALTIME_REFUSED_JOIN_DELAY_MS", "a refused join is answered after this long"
+    )
+    no_channel_timeout_s: float = _opt(
+        600.0, "REALTIME_NO_CHANNEL_TIMEOUT_S", "close a socket that holds no channel for this long (0 = off)"
+    )
     max_events_per_second: int = _opt(
         0, "REALTIME_MAX_EVENTS_PER_SECOND", "client events/s, server-wide (0 = off; DB rows never count)"
     )
     max_client_events_per_second: int = _opt(
-        0, "REALTIME_MAX_CLIENT_EVENTS_PER_SECOND", "client events/s per socket (0 = off)"
+        100, "REALTIME_MAX_CLIENT_EVENTS_PER_SECOND", "client events/s per socket (0 = off)"
+    )
+    rest_max_batch_messages: int = _opt(
+        1000, "REALTIME_REST_MAX_BATCH_MESSAGES", "messages in one REST batch (0 = off)"
+    )
+    rest_max_batch_private_topics: int = _opt(
+        100, "REALTIME_REST_MAX_BATCH_PRIVATE_TOPICS", "distinct private topics in one REST batch (0 = off)"
     )
     outbox_limit_bytes: int = _opt(
         16 * 1024 * 1024,
@@ -94,6 +136,43 @@ class Settings:
             raise ValueError(f"port out of range: {self.port}")
         if self.poll_interval_ms <= 0:
             raise ValueError("poll interval must be positive")
+        if self.jwt_secret is not None and len(self.jwt_secret.encode()) < MIN_SECRET_BYTES:
+            raise ValueError(
+                f"the JWT secret must be at least {MIN_SECRET_BYTES} bytes: a shorter one can be guessed"
+            )
+        self.claim_validators  # noqa: B018 - raises on invalid JSON now, not at the first token
+        for proxy in self.trusted_proxy_networks:
+            del proxy
+
+    @property
+    def roles(self) -> frozenset[str]:
+        """The roles a token may name; ``none`` and the empty name never."""
+        return frozenset(
+            r.strip() for r in self.allowed_roles.split(",") if r.strip() and r.strip() != "none"
+        )
+
+    @property
+    def claim_validators(self) -> dict[str, Any]:
+        if not self.jwt_claim_validators.strip():
+            return {}
+        try:
+            value = json.loads(self.jwt_claim_validators)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"jwt claim validators must be a JSON object: {exc}") from None
+        if not isinstance(value, dict):
+            raise ValueError("jwt claim validators must be a JSON object")
+        return value
+
+    @property
+    def trusted_proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        try:
+            return tuple(
+                ipaddress.ip_network(p.strip(), strict=False)
+                for p in self.trusted_proxies.split(",")
+                if p.strip()
+            )
+        except ValueError as exc:
+            raise ValueError(f"trusted proxies: {exc}") from None
 
     @property
     def max_payload_bytes(self) -> int:

@@ -16,7 +16,12 @@ class SessionLimits:
     max_channels: int = 100
     max_payload_bytes: int = sys.maxsize
     max_events_per_second: int = 0
+    max_joins_per_second: int = 0
     outbox_limit_bytes: int = 16 * 1024 * 1024
+    #: A refused join is answered after this long (the reference server waits 5 s).
+    refused_join_delay_s: float = 0.0
+    #: A socket that holds no channel for this long is closed (the reference: 10 minutes).
+    no_channel_timeout_s: float = 0.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SessionLimits:
@@ -24,7 +29,10 @@ class SessionLimits:
             max_channels=settings.max_channels_per_client,
             max_payload_bytes=settings.max_payload_bytes,
             max_events_per_second=settings.max_client_events_per_second,
+            max_joins_per_second=settings.max_client_joins_per_second,
             outbox_limit_bytes=settings.outbox_limit_bytes,
+            refused_join_delay_s=settings.refused_join_delay_ms / 1000,
+            no_channel_timeout_s=settings.no_channel_timeout_s,
         )
 
 

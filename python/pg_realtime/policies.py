@@ -48,9 +48,27 @@ class PolicyError(Exception):
     """The policies could not be evaluated (a broken policy, an unknown role...)."""
 
 
+# A token must never make the probe run as a role that bypasses the policies: a superuser, or
+# the sidecar's own login (which the deployment guide asks to bypass RLS).
+_PRIVILEGED_ROLES = """
+select rolname from pg_catalog.pg_roles where rolsuper or rolname = session_user
+"""
+
+
 class Authorizer:
     def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
         self.pool = pool
+        self._privileged: frozenset[str] | None = None
+
+    async def _refuses_role(self, conn: Any, claims: dict[str, Any]) -> bool:
+        if self._privileged is None:
+            cur = await conn.execute(_PRIVILEGED_ROLES)
+            self._privileged = frozenset(str(row[0]) for row in await cur.fetchall())
+        role = str(claims.get("role", ""))
+        if role in self._privileged:
+            log.warning("a token names the privileged role %r: refused", role[:64])
+            return True
+        return False
 
     @staticmethod
     def _params(subtopic: str, claims: dict[str, Any], headers: dict[str, str] | None) -> dict[str, Any]:
@@ -70,6 +88,8 @@ class Authorizer:
         params["id"] = uuid.uuid4()
         try:
             async with self.pool.connection() as conn, conn.transaction(force_rollback=True):
+                if await self._refuses_role(conn, claims):
+                    return False
                 await conn.execute(_INSERT_READ_PROBE, params)
                 await conn.execute(_SET_CLAIMS, params)
                 cur = await conn.execute(_SELECT_READ_PROBE, params)
@@ -86,6 +106,8 @@ class Authorizer:
         params = self._params(subtopic, claims, headers)
         try:
             async with self.pool.connection() as conn, conn.transaction(force_rollback=True):
+                if await self._refuses_role(conn, claims):
+                    return False
                 await conn.execute(_SET_CLAIMS, params)
                 try:
                     async with conn.transaction():

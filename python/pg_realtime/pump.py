@@ -20,6 +20,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from . import phoenix
 from .database import Database, DatabaseUnavailable
+from .logs import printable
 from .phoenix import Message, Vsn
 from .policies import PolicyError
 from .queries import Answer, PolicyFailed, ReadCheck, ReplayQuery, Request, Unavailable, WriteCheck
@@ -91,6 +92,7 @@ class Connection:
 
     async def serve(self) -> None:
         writer = asyncio.create_task(self._writer())
+        self._schedule_timer()  # the socket token's expiry and the no-channel timeout run from the start
         try:
             await self._read_loop()
         finally:
@@ -126,7 +128,7 @@ class Connection:
             try:
                 msg = phoenix.decode(data, session.vsn)
             except phoenix.ProtocolError as exc:
-                log.info("MalformedWebSocketMessage: %s", exc)
+                log.info("MalformedWebSocketMessage: %s", printable(exc))
                 continue
             await self.handle(msg, len(data))
 
@@ -140,7 +142,9 @@ class Connection:
                 session.answer(answer)
         except Exception:
             # One bad frame must never take the socket (or the server) down.
-            log.exception("UnknownErrorOnChannel while handling %s on %s", msg.event, msg.topic)
+            log.exception(
+                "UnknownErrorOnChannel while handling %s on %s", printable(msg.event), printable(msg.topic)
+            )
             session.abandon()
         self._schedule_timer()
 

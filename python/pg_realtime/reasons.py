@@ -6,6 +6,7 @@ Join errors are ``"<Code>: <message>"``; the official clients show them to the u
 from __future__ import annotations
 
 TOPIC_NAME_REQUIRED = "TopicNameRequired: You must provide a topic name"
+TOPIC_NAME_TOO_LONG = "TopicNameTooLong: The topic name must be at most 255 bytes"
 TOO_MANY_CHANNELS = "ChannelRateLimitReached: Too many channels"
 TOO_MANY_JOINS = "ClientJoinRateLimitReached: Too many joins per second"
 UNMATCHED_TOPIC = "unmatched topic"

@@ -24,6 +24,7 @@ from .session import TokenVerifier
 
 log = logging.getLogger("pg_realtime")
 
+BATCH_TOO_LARGE = {"message": "Too many messages to broadcast, please reduce the batch size"}
 PAYLOAD_TOO_LARGE = {"errors": {"payload": ["Payload size exceeds tenant limit"]}}
 
 
@@ -39,6 +40,11 @@ def bearer(value: str | None) -> str | None:
     if scheme.lower() != "bearer":
         return None
     return token.strip() or None
+
+
+def _gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 def validate_message(message: Any) -> dict[str, list[str]]:
@@ -71,7 +77,11 @@ class RestApi:
         events: RateWindow,
         max_payload_bytes: int,
         metrics: Metrics,
+        max_batch_messages: int = 0,
+        max_batch_private_topics: int = 0,
     ) -> None:
+        self.max_batch_messages = max_batch_messages
+        self.max_batch_private_topics = max_batch_private_topics
         self.verifier = verifier
         self.database = database
         self.broadcaster = broadcaster
@@ -108,6 +118,9 @@ class RestApi:
         messages = body.get("messages") if isinstance(body, dict) else None
         if not isinstance(messages, list) or not messages:
             return json_response(422, {"errors": {"messages": ["can't be blank"]}})
+        if self.max_batch_messages and len(messages) > self.max_batch_messages:
+            self._refused("batch_size")
+            return json_response(429, BATCH_TOO_LARGE)
         errors = [validate_message(message) for message in messages]
         if any(errors):
             return json_response(422, {"errors": {"messages": errors}})
@@ -115,6 +128,11 @@ class RestApi:
             if len(orjson.dumps(message["payload"])) > self.max_payload_bytes:
                 self._refused("payload_size")
                 return json_response(422, PAYLOAD_TOO_LARGE)
+        private_topics = {m["topic"] for m in messages if flexible_bool(m.get("private"), False)}
+        if self.max_batch_private_topics and len(private_topics) > self.max_batch_private_topics:
+            # Each private topic is a policy check in the database: bound the work one request buys.
+            self._refused("batch_size")
+            return json_response(429, BATCH_TOO_LARGE)
         if not self.events.allow(cost=len(messages)):
             self._refused("events_per_second")
             return json_response(429, {"message": "Too many requests"})
@@ -125,6 +143,10 @@ class RestApi:
             topic = message["topic"]
             if private:
                 if topic not in allowed:
+                    if _gone(request):
+                        # The client left: stop spending the database on its answer.
+                        log.info("REST batch abandoned by its client after %d topics", len(allowed))
+                        return web.Response(status=499)
                     try:
                         allowed[topic] = await self._can_write(topic, claims)
                     except (PolicyError, DatabaseUnavailable) as exc:

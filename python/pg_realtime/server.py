@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
+import resource
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -25,6 +27,7 @@ from .config import Settings
 from .database import Database
 from .inspector import setup_inspector
 from .limits import RateWindow, SessionLimits
+from .logs import RateLimitedLog, printable
 from .metrics import Metrics
 from .pump import Connection
 from .rest import RestApi, bearer, json_response
@@ -45,7 +48,14 @@ class RealtimeServer:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.verifier = Verifier.from_config(settings.jwt_secret, settings.jwks)
+        self.verifier = Verifier.from_config(
+            settings.jwt_secret, settings.jwks, settings.claim_validators, settings.roles
+        )
+        self.max_connections = settings.max_connections or connection_limit(settings.db_pool_size)
+        self.trusted_proxies = settings.trusted_proxy_networks
+        #: Open sockets by client address, for the per-address cap.
+        self.per_address: dict[str, int] = {}
+        self.refusal_log = RateLimitedLog(log)
         self.registry = Registry()
         self.metrics = Metrics()
         self.broadcaster = Broadcaster(self.registry, self.metrics)
@@ -73,9 +83,17 @@ class RealtimeServer:
             events=events,
             refused=lambda reason: refusals.labels(reason).inc(),
             slow_consumer=self.metrics.slow_consumers.inc,
+            log_refusal=self._log_refusal,
         )
         self.rest = RestApi(
-            self.verifier, self.database, self.broadcaster, events, settings.max_payload_bytes, self.metrics
+            self.verifier,
+            self.database,
+            self.broadcaster,
+            events,
+            settings.max_payload_bytes,
+            self.metrics,
+            max_batch_messages=settings.rest_max_batch_messages,
+            max_batch_private_topics=settings.rest_max_batch_private_topics,
         )
         self._tasks: list[asyncio.Task[None]] = []
         self.stopping = False
@@ -139,6 +157,11 @@ class RealtimeServer:
         elif state is StreamState.DOWN:
             log.warning("database stream down: %s", reason)
 
+    def _log_refusal(self, metric: str, topic: str, text: str) -> None:
+        self.refusal_log.log(
+            logging.INFO, f"join:{metric}", "join of %s refused: %s", printable(topic), printable(text)
+        )
+
     def _database_down(self) -> str | None:
         # Fail fast while the reader says the database is away, instead of waiting for a pool timeout.
         if self.stream is not None and self.stream.state is StreamState.DOWN:
@@ -174,9 +197,16 @@ class RealtimeServer:
         except AuthError as exc:
             self.metrics.refusals.labels("invalid_token").inc()
             return json_response(401, {"error": exc.http_message})
-        limit = self.settings.max_connections
-        if limit and len(self.connections) >= limit:
+        if len(self.connections) >= self.max_connections:
             self.metrics.refusals.labels("max_connections").inc()
+            return json_response(429, {"error": "Too many connected users"})
+        address = client_address(request, self.trusted_proxies)
+        per_address = self.settings.max_connections_per_address
+        if per_address and self.per_address.get(address, 0) >= per_address:
+            self.metrics.refusals.labels("max_connections_per_address").inc()
+            self.refusal_log.log(
+                logging.WARNING, "per-address", "too many sockets from %s", printable(address)
+            )
             return json_response(429, {"error": "Too many connected users"})
         ws = web.WebSocketResponse(
             max_msg_size=self.settings.max_frame_bytes,
@@ -200,14 +230,59 @@ class RealtimeServer:
             on_idle_timeout=lambda: refusals.labels("idle_timeout").inc(),
         )
         self.connections.add(connection)
+        self.per_address[address] = self.per_address.get(address, 0) + 1
         self.metrics.sockets.set(len(self.connections))
         try:
             await connection.serve()
         finally:
             self.connections.discard(connection)
+            left = self.per_address.get(address, 1) - 1
+            if left > 0:
+                self.per_address[address] = left
+            else:
+                self.per_address.pop(address, None)
             self.metrics.sockets.set(len(self.connections))
             self.metrics.channels.set(self.registry.channel_count)
         return ws
+
+
+def connection_limit(pool_size: int) -> int:
+    """Sockets this process can hold: its file-descriptor limit, less what the rest needs."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    # The database pool, the reader, listening sockets, logs and files the process opens.
+    reserve = pool_size + 64
+    return max(1, soft - reserve)
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def client_address(request: web.Request, trusted: tuple[Network, ...]) -> str:
+    """The client's address: the peer's, or behind a trusted proxy the one it forwarded for.
+
+    X-Forwarded-For is read right to left, skipping trusted proxies: anything left of the first
+    untrusted hop was written by the client and proves nothing.
+    """
+    peer = request.remote or ""
+    if not trusted or not _is_trusted(peer, trusted):
+        return peer
+    hops = [
+        hop.strip() for value in request.headers.getall("X-Forwarded-For", []) for hop in value.split(",")
+    ]
+    for hop in reversed([h for h in hops if h]):
+        if not _is_trusted(hop, trusted):
+            return hop
+    return peer
+
+
+def _is_trusted(address: str, trusted: tuple[Network, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in trusted)
 
 
 CORS_HEADERS = {

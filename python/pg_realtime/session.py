@@ -27,12 +27,15 @@ from .broadcast import row_frame
 from .channels import Channel, Frame, Outbox, Registry
 from .join import JoinRequest
 from .limits import RateWindow, SessionLimits
+from .logs import printable
 from .phoenix import Message, UserBroadcast, Vsn
 from .queries import Answer, PolicyFailed, ReadCheck, ReplayQuery, Request, Unavailable, WriteCheck
 from .rows import Row
 
 log = logging.getLogger("pg_realtime")
 
+#: The longest subtopic a join may name, in UTF-8 bytes.
+MAX_TOPIC_BYTES = 255
 SLOW_CONSUMER_CLOSE = 1008  # policy violation: the client stopped reading
 POLICY_VIOLATION = 1008
 NORMAL_CLOSE = 1000
@@ -66,6 +69,10 @@ def _ignore() -> None:
     return None
 
 
+def _log_refusal(metric: str, topic: str, text: str) -> None:
+    log.info("join of %s refused: %s", printable(topic), printable(text))
+
+
 @dataclass(frozen=True)
 class SessionContext:
     """What all sessions of a server share: the registry, the token verifier, the relay, and
@@ -80,6 +87,8 @@ class SessionContext:
     events: RateWindow = field(default_factory=lambda: RateWindow(0))
     refused: Callable[[str], None] = _ignore_refusal
     slow_consumer: Callable[[], None] = _ignore
+    #: Logs a refused join: (metric, topic, text); the server's is rate-limited and escapes the topic.
+    log_refusal: Callable[[str, str, str], None] = _log_refusal
 
 
 class Session:
@@ -108,6 +117,12 @@ class Session:
         self.pending: Request | None = None
         self.now = time.time() if now is None else now
         self._rule: _Rule | None = None
+        self.joins = RateWindow(context.limits.max_joins_per_second)
+        #: Join refusals waiting for their delay: (due, frame), oldest first.
+        self._deferred: list[tuple[float, Frame]] = []
+        #: Since when the socket holds no channel (None while it holds one).
+        self._empty_since: float | None = self.now
+        self._token_expires_at = self._expiry(claims)
 
     # -- inputs ---------------------------------------------------------------------------------
     def receive(self, msg: Message, size: int, now: float | None = None) -> None:
@@ -133,15 +148,34 @@ class Session:
         self.pending = None
 
     def tick(self, now: float | None = None) -> None:
-        """Expire the channels whose token has expired by ``now``."""
+        """Send the join refusals that are due, expire channels whose token has expired, and close
+        a socket that has held no channel for too long or whose own token expired with none left."""
         self._clock(now)
+        while self._deferred and self._deferred[0][0] <= self.now:
+            self.send(self._deferred.pop(0)[1])
         for channel in list(self.channels.values()):
             if channel.expires_at is not None and channel.expires_at <= self.now:
                 self._expire(channel)
+        if not self.channels and not self.closing and self.pending is None:
+            timeout = self.context.limits.no_channel_timeout_s
+            if timeout and self._empty_since is not None and self.now >= self._empty_since + timeout:
+                self.context.refused("no_channel_timeout")
+                self.begin_close(NORMAL_CLOSE)
+            elif self._token_expires_at is not None and self.now >= self._token_expires_at:
+                self.context.refused("token_expired")
+                self.begin_close(POLICY_VIOLATION)
 
     def next_deadline(self) -> float | None:
         """When :meth:`tick` has something to do next (epoch seconds), None if never."""
         deadlines = [ch.expires_at for ch in self.channels.values() if ch.expires_at is not None]
+        if self._deferred:
+            deadlines.append(self._deferred[0][0])
+        if not self.channels and not self.closing:
+            timeout = self.context.limits.no_channel_timeout_s
+            if timeout and self._empty_since is not None:
+                deadlines.append(self._empty_since + timeout)
+            if self._token_expires_at is not None:
+                deadlines.append(self._token_expires_at)
         return min(deadlines) if deadlines else None
 
     def begin_close(self, code: int) -> None:
@@ -198,6 +232,8 @@ class Session:
     def _leave(self, channel: Channel) -> None:
         if self.channels.get(channel.topic) is channel:
             del self.channels[channel.topic]
+            if not self.channels:
+                self._empty_since = self.now
         self.context.registry.remove(channel)
 
     def _shutdown_channel(self, channel: Channel, message: str) -> None:
@@ -256,6 +292,10 @@ class Session:
         if not subtopic:
             self._reply(msg, "error", {"reason": reasons.TOPIC_NAME_REQUIRED})
             return
+        if len(subtopic.encode()) > MAX_TOPIC_BYTES:
+            context.refused("topic_length")
+            self._reply(msg, "error", {"reason": reasons.TOPIC_NAME_TOO_LONG})
+            return
         request = JoinRequest.parse(msg.payload)
         previous = self.channels.get(msg.topic)
         if previous is not None:
@@ -263,16 +303,27 @@ class Session:
             self._close_channel(previous)
             self._leave(previous)
 
-        def refuse(reason: str, metric: str) -> None:
+        def refuse(reason: str, metric: str, detail: str = "") -> None:
             context.refused(metric)
-            log.info("join of %s refused: %s", msg.topic, reason)
-            self._reply(msg, "error", {"reason": reason})
+            context.log_refusal(metric, msg.topic, detail or reason)
+            frame = phoenix.encode_reply(
+                self.vsn, msg.join_ref, msg.ref, msg.topic, "error", {"reason": reason}
+            )
+            delay = context.limits.refused_join_delay_s
+            if delay and not self.closing:
+                # As the reference server: a refused client retries no faster than this, while
+                # its other frames go on being handled.
+                self._deferred.append((self.now + delay, frame))
+            else:
+                self.send(frame)
 
         if request.postgres_changes:
             refuse(reasons.POSTGRES_CHANGES_UNSUPPORTED, "postgres_changes")
             return
-        if not context.joins.allow():
-            refuse(reasons.TOO_MANY_JOINS, "joins_per_second")
+        if not self.joins.allow() or not context.joins.allow():
+            context.refused("joins_per_second")
+            context.log_refusal("joins_per_second", msg.topic, reasons.TOO_MANY_JOINS)
+            self._reply(msg, "error", {"reason": reasons.TOO_MANY_JOINS})
             # The reference server also drops the socket of a client that joins too fast.
             self.begin_close(POLICY_VIOLATION)
             return
@@ -282,7 +333,9 @@ class Session:
             return
         token = request.token_or(self.token)
         try:
-            claims = self.claims if token == self.token else context.verifier.verify(token, self.now)
+            # Every join checks its token now, the socket's own included: `exp` is the only way a
+            # JWT is revoked, so a socket kept alive must not outlive the token it connected with.
+            claims = context.verifier.verify(token, self.now)
         except AuthError as exc:
             refuse(exc.reason, "invalid_token")
             return
@@ -302,7 +355,12 @@ class Session:
         if request.private:
             allowed = yield ReadCheck(subtopic, claims)
             if isinstance(allowed, PolicyFailed):
-                refuse(reasons.rls_error(subtopic, allowed.detail), "rls_error")
+                # The policy's own error is for the operator's log, never for the client.
+                refuse(
+                    reasons.unauthorized_read(subtopic),
+                    "rls_error",
+                    reasons.rls_error(subtopic, allowed.detail),
+                )
                 return
             if isinstance(allowed, Unavailable):
                 refuse(reasons.DATABASE_UNAVAILABLE, "database_unavailable")
@@ -328,6 +386,7 @@ class Session:
         if self.closing:
             return
         self.channels[msg.topic] = channel
+        self._empty_since = None
         context.registry.add(channel)
         self._reply(msg, "ok", {"postgres_changes": []})
         if request.presence_enabled:
@@ -371,6 +430,13 @@ class Session:
             if self.channels.get(channel.topic) is not channel:
                 return
         exclude = None if channel.broadcast_self else channel
+        # Metadata is the server's to set (a stored message's id, a replay flag): a client's own is
+        # dropped, as the reference server drops it, so that no one can forge it.
+        if isinstance(payload, UserBroadcast):
+            if payload.metadata:
+                payload = UserBroadcast(payload.event, payload.payload, payload.encoding)
+        elif "meta" in payload:
+            payload = {key: value for key, value in payload.items() if key != "meta"}
         context.relay.relay(channel.subtopic, channel.private, payload, exclude)
         if channel.broadcast_ack:
             self._reply(msg, "ok", {})
@@ -391,14 +457,14 @@ class Session:
         if channel.private:
             answer = yield ReadCheck(channel.subtopic, claims)
             if isinstance(answer, Unavailable):
-                # The policies cannot be evaluated now; the token itself is valid. Keep the channel
-                # on the permission it has, and check again at the next refresh.
+                # The policies cannot be evaluated now. Fail closed on the new claims: the channel
+                # keeps its old token, permission and expiry until a refresh can be checked.
                 log.warning(
                     "UnableToConnectToProject: read re-check on %s postponed: %s",
                     channel.subtopic,
                     answer.detail,
                 )
-                allowed = True
+                return
             elif isinstance(answer, PolicyFailed):
                 log.warning("RlsPolicyError: read check on %s failed: %s", channel.subtopic, answer.detail)
                 allowed = False
