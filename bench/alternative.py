@@ -37,10 +37,10 @@ from ._harness import (
     fmt,
     log,
     md_table,
+    other_server,
     percentiles,
     realtime_server,
     save,
-    server_process,
 )
 
 NAME = "broadcaster"
@@ -74,9 +74,7 @@ async def broadcaster_server(dsn: str, ctx: Context) -> AsyncIterator[ServerProc
         "warning",
         "--no-access-log",
     ]
-    async with server_process(
-        "broadcaster", argv, ctx.workdir, "/ready", port, {"BENCH_DATABASE_URL": dsn}
-    ) as s:
+    async with other_server("broadcaster", argv, ctx.workdir, port, {"BENCH_DATABASE_URL": dsn}) as s:
         yield s
 
 

@@ -13,7 +13,8 @@ import psycopg
 import pytest
 from pg_realtime.inspector import INSPECTOR_KEY, PAGE_TOKEN_LIFETIME_S, Inspector
 
-from ..conftest import TEST_JWT_SECRET
+from tests.harness import TEST_JWT_SECRET
+
 from .browser import Browser
 
 PUBLIC = {

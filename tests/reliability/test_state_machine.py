@@ -11,6 +11,7 @@ wire said so (an ok join reply opens it, a phx_close ends it).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,7 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pg_realtime import phoenix
-from pg_realtime.auth import Verifier, sign
+from pg_realtime.auth import Verifier
 from pg_realtime.broadcast import Broadcaster
 from pg_realtime.channels import Registry
 from pg_realtime.config import Settings
@@ -36,6 +37,8 @@ from pg_realtime.session import (
     SessionContext,
     Unavailable,
 )
+
+from tests.harness import mint_token, parse_kind4
 
 SECRET = "state-machine-secret-with-enough-entropy-123"
 
@@ -72,17 +75,18 @@ json_values = st.recursive(
 flexible = st.booleans() | st.sampled_from(["true", "FALSE", "maybe"]) | json_values
 
 
+MINTED: dict[str, Callable[[], str]] = {
+    "valid": lambda: mint_token(SECRET),
+    "other": lambda: mint_token(SECRET, "authenticated", sub="u1"),
+    "short": lambda: mint_token(SECRET, expires_in=0.02),  # expires within the session
+    "expired": lambda: mint_token(SECRET, expires_in=-10),
+    "no-role": lambda: mint_token(SECRET, role=None),
+}
+
+
 def _token(kind: str) -> Any:
-    now = int(time.time())
-    claims = {
-        "valid": {"role": "anon", "exp": now + 3600},
-        "other": {"role": "authenticated", "exp": now + 3600, "sub": "u1"},
-        "short": {"role": "anon", "exp": time.time() + 0.02},  # expires within the session
-        "expired": {"role": "anon", "exp": now - 10},
-        "no-role": {"exp": now + 3600},
-    }.get(kind)
-    if claims is not None:
-        return sign(claims, SECRET)
+    if kind in MINTED:
+        return MINTED[kind]()
     return {"garbage": "not.a.jwt", "sb": "sb_publishable_x", "empty": "", "none": None, "number": 5}[kind]
 
 
@@ -200,17 +204,11 @@ def check_frame(frame: str | bytes, vsn: Vsn) -> tuple[str | None, str | None, s
     """(join_ref, ref, topic, event, payload) of a frame the server sent, asserting it is well formed."""
     if isinstance(frame, bytes):
         assert vsn is Vsn.V2, "binary frame to a 1.0.0 socket"
-        assert frame[0] == 4, f"unexpected binary kind {frame[0]}"
-        topic_len, event_len, meta_len, enc = frame[1:5]
-        assert enc in (0, 1)
-        pos = 5 + topic_len + event_len + meta_len
-        assert len(frame) >= pos
-        topic = frame[5 : 5 + topic_len].decode()
-        if meta_len:
-            assert isinstance(orjson.loads(frame[5 + topic_len + event_len : pos]), dict)
-        if enc == 1:
-            orjson.loads(frame[pos:])
-        return None, None, topic, "broadcast", None
+        kind4 = parse_kind4(frame)
+        kind4.meta_json()
+        if kind4.encoding == PayloadEncoding.JSON:
+            kind4.payload_value()
+        return None, None, kind4.topic, "broadcast", None
     decoded = orjson.loads(frame)
     if vsn is Vsn.V2:
         assert isinstance(decoded, list) and len(decoded) == 5
@@ -332,7 +330,7 @@ def test_random_sessions_keep_the_registry_and_the_wire_consistent(
 def test_the_same_checks_hold_for_a_scripted_session() -> None:
     """A readable session through the main transitions, as a baseline for the random ones."""
     for vsn in (Vsn.V1, Vsn.V2):
-        short = sign({"role": "anon", "exp": time.time() + 0.5}, SECRET)
+        short = mint_token(SECRET, expires_in=0.5)
         j = "realtime:a"
         script: list[Message | Sleep] = [
             Message("1", "1", j, "phx_join", {"config": {"broadcast": {"self": True, "ack": True}}}),
