@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
+import importlib.metadata
 import json
 import math
 import os
@@ -363,7 +364,6 @@ def machine() -> dict[str, str]:
             if line.startswith("MemTotal:"):
                 mem_kb = int(line.split()[1])
     import aiohttp as _aiohttp
-    import picows
 
     return {
         "cpu": f"{os.cpu_count()} x {cpu}",
@@ -371,7 +371,7 @@ def machine() -> dict[str, str]:
         "kernel": platform.release(),
         "python": platform.python_version(),
         "aiohttp": _aiohttp.__version__,
-        "picows": picows.__version__,
+        "picows": importlib.metadata.version("picows"),
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
 

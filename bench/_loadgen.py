@@ -62,7 +62,7 @@ class Stats:
         self.latencies = array("d")
 
 
-class Client(WSListener):  # type: ignore[misc]
+class Client(WSListener):
     """One socket. Broadcasts are binary frames (and, with ``raw_text``, text frames holding
     just the payload); other text frames are replies."""
 

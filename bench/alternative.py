@@ -26,6 +26,8 @@ import aiohttp
 import psycopg
 from pg_realtime.embedded import free_port
 
+from tests.harness import ServerProcess
+
 from . import latency
 from ._broadcaster_app import SCHEMA
 from ._harness import (
@@ -33,7 +35,6 @@ from ._harness import (
     Context,
     LoadGen,
     Result,
-    ServerProcess,
     fmt,
     log,
     md_table,

@@ -15,11 +15,12 @@ from typing import Any
 
 import psycopg
 
+from tests.harness import ServerProcess
+
 from ._harness import (
     Context,
     LoadGen,
     Result,
-    ServerProcess,
     bare_server,
     figure,
     fmt,

@@ -31,10 +31,11 @@ import psycopg
 import pytest
 from pg_realtime.embedded import free_port
 
+from tests.clients.drivers import py_subscribe
 from tests.harness import TEST_JWT_SECRET, ServerProcess, pg_realtime_command
 
 ROOT = Path(__file__).resolve().parents[2]
-PUBLIC = {
+PUBLIC: dict[str, Any] = {
     "broadcast": {"self": False, "ack": False},
     "presence": {"key": "", "enabled": False},
     "private": False,
@@ -125,20 +126,6 @@ def stop_clusters_matching(pattern: str) -> None:
     stop_clusters(*Path("/").glob(pattern.lstrip("/")))
 
 
-async def listen(port: int, token: str, topic: str) -> tuple[Any, asyncio.Queue[Any]]:
-    from realtime import AsyncRealtimeClient
-
-    client = AsyncRealtimeClient(f"ws://127.0.0.1:{port}/realtime/v1", token, timeout=5)
-    got: asyncio.Queue[Any] = asyncio.Queue()
-    subscribed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-    ch = client.channel(topic, {"config": PUBLIC})
-    ch.on_broadcast("*", got.put_nowait)
-    await ch.subscribe(lambda state, err: subscribed.done() or subscribed.set_result((state, err)))
-    state, err = await asyncio.wait_for(subscribed, 10)
-    assert str(state).endswith("SUBSCRIBED"), (state, err)
-    return client, got
-
-
 async def shell(line: str) -> subprocess.CompletedProcess[str]:
     """Run a line as a person pasting it into bash would."""
     result = await asyncio.to_thread(
@@ -178,7 +165,7 @@ async def test_embedded_serve_prints_working_demo_lines_and_reuses_its_data(tmp_
             conn.execute("create table kept_across_runs (id int)")
 
         # The two copy-paste lines reach a subscriber of 'room1'.
-        client, got = await listen(port, banner.anon, "room1")
+        client, _, got = await py_subscribe(f"http://127.0.0.1:{port}", banner.anon, "room1", PUBLIC)
         try:
             await shell(banner.psql)
             message = await asyncio.wait_for(got.get(), 10)

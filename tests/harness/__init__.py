@@ -7,7 +7,7 @@ prepares and decodes, so that a test and a benchmark of the same thing do it the
 
 from __future__ import annotations
 
-from .database import prepare_database, with_dbname
+from .database import prepare_database, scalar, with_dbname
 from .frames import Kind4, parse_kind4, payload_offset
 from .servers import (
     TEST_JWT_SECRET,
@@ -36,6 +36,7 @@ __all__ = [
     "payload_offset",
     "pg_realtime_command",
     "prepare_database",
+    "scalar",
     "serve_in_process",
     "server_process",
     "server_settings",

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import psycopg
 from pg_realtime.cli import SUPABASE_ROLES, ensure_supabase_roles
@@ -52,3 +53,10 @@ def prepare_database(
             conn.execute("select realtime.grant_access(%s)", (role,))
         if setup_sql:
             conn.execute(setup_sql)
+
+
+def scalar(conn: psycopg.Connection[Any], query: str, params: Sequence[Any] = ()) -> Any:
+    """The first column of the first row ``query`` returns, asserting that it returns a row."""
+    row = conn.execute(query, params).fetchone()
+    assert row is not None, f"no row from {query!r}"
+    return row[0]

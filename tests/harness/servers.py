@@ -91,6 +91,8 @@ class LiveServer(Endpoint):
 
 async def serve_in_process(settings: Settings) -> LiveServer:
     """Serve ``settings`` on 127.0.0.1 (``settings.port``, 0: a free one); live before it returns."""
+    if settings.jwt_secret is None:
+        raise ValueError("a server under test needs a jwt_secret: its tokens are minted with it")
     server = RealtimeServer(settings)
     runner = web.AppRunner(server.app, handle_signals=False, shutdown_timeout=2)
     await runner.setup()

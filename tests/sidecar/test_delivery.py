@@ -196,7 +196,7 @@ class Subscriber:
 
 
 def _is_broadcast(frame: Any) -> bool:
-    return (frame[3] if isinstance(frame, list) else frame.get("event")) == "broadcast"
+    return bool((frame[3] if isinstance(frame, list) else frame.get("event")) == "broadcast")
 
 
 def writer(dsn: str, writer_id: int, topics: list[str], transactions: int, seed: int, stop_at: float) -> None:
@@ -267,7 +267,8 @@ async def test_torture_concurrent_writers_rollbacks_and_long_transactions(make_s
     for t in threads:
         t.start()
     await asyncio.sleep(0.5)  # many reads happen while both long transactions stay open
-    await asyncio.to_thread(lambda: [t.join() for t in threads])
+    for t in threads:
+        await asyncio.to_thread(t.join)
     long_commit.commit()
     long_rollback.rollback()
     long_commit.close()
