@@ -62,7 +62,9 @@ async def topic_socket(websocket: WebSocket) -> None:
             )
         subscribed += 1
         try:
-            async for event in subscriber:  # type: ignore[attr-defined]
+            # broadcaster 0.3 annotates Subscriber.__aiter__ as possibly None; it never is.
+            async for event in subscriber:  # type: ignore[union-attr]
+                assert event is not None  # it yields Subscriber.get(), an Event
                 await websocket.send_text(event.message)
         finally:
             subscribed -= 1

@@ -2,7 +2,8 @@
 
 Everything listens on 127.0.0.1. Servers and load generators run as subprocesses, so the
 process being measured never shares its interpreter (or its event loop) with the one that
-measures it.
+measures it. Tokens, database preparation and server processes are those of the test suite
+(``tests.harness``), so a benchmark starts what the tests start.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
+import importlib.metadata
 import json
 import math
 import os
@@ -19,17 +21,15 @@ import re
 import shutil
 import subprocess
 import sys
-import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import numpy as np
 import psycopg
-from pg_realtime.auth import sign
-from pg_realtime.cli import ensure_supabase_roles
 from pg_realtime.embedded import EmbeddedPostgres, free_port, pg_bindir
+
+from tests.harness import ServerProcess, pg_realtime_command, prepare_database, server_process
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -49,11 +49,6 @@ def log(message: str) -> None:
     print(f"  . {message}", file=sys.stderr, flush=True)
 
 
-def token(role: str = "anon", lifetime_s: int = 3600) -> str:
-    now = int(time.time())
-    return sign({"role": role, "iat": now, "exp": now + lifetime_s}, JWT_SECRET)
-
-
 # -- PostgreSQL ---------------------------------------------------------------------------------
 
 
@@ -69,8 +64,6 @@ class Postgres:
             log("starting PostgreSQL")
             self.cluster.start()
             self._started = True
-            with psycopg.connect(self.cluster.dsn(), autocommit=True) as conn:
-                ensure_supabase_roles(conn)
 
     @property
     def port(self) -> int:
@@ -83,7 +76,7 @@ class Postgres:
             return str(row[0]) if row else "?"
 
     def database(self, name: str, extension: bool = True, wait_s: float = 600) -> str:
-        """A fresh database ``name`` (with the extension), as a DSN.
+        """A fresh database ``name`` (with the roles, the extension and its grants), as a DSN.
 
         The extension may be in the middle of being changed when the run starts; CREATE
         EXTENSION is retried for up to ``wait_s`` seconds before giving up.
@@ -94,17 +87,7 @@ class Postgres:
             conn.execute(f"create database {name}")
         dsn = self.cluster.dsn(name)
         if extension:
-            deadline = time.monotonic() + wait_s
-            while True:
-                try:
-                    with psycopg.connect(dsn, autocommit=True) as conn:
-                        conn.execute("create extension if not exists realtime")
-                    break
-                except psycopg.Error as exc:
-                    if time.monotonic() > deadline:
-                        raise
-                    log(f"CREATE EXTENSION realtime failed ({str(exc).strip()}); retrying in 30 s")
-                    time.sleep(30)
+            prepare_database(dsn, wait_s=wait_s, log=log)
         return dsn
 
     def stop(self) -> None:
@@ -207,85 +190,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
-@dataclasses.dataclass
-class ServerProcess:
-    """A server subprocess listening on 127.0.0.1:port."""
-
-    name: str
-    proc: asyncio.subprocess.Process
-    port: int
-    log_path: Path
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def ws_url(self, path: str = "/realtime/v1/websocket", vsn: str = "2.0.0") -> str:
-        return f"ws://127.0.0.1:{self.port}{path}?apikey={token()}&vsn={vsn}"
-
-    def rss_kb(self) -> int:
-        return rss_kb(self.pid)
-
-    def cpu_seconds(self) -> float:
-        return cpu_seconds(self.pid)
-
-
-async def _wait_http(port: int, path: str, proc: asyncio.subprocess.Process, log_path: Path) -> None:
-    deadline = time.monotonic() + 60
-    async with aiohttp.ClientSession() as http:
-        while time.monotonic() < deadline:
-            if proc.returncode is not None:
-                raise RuntimeError(f"server exited ({proc.returncode}): {_tail(log_path)}")
-            with contextlib.suppress(aiohttp.ClientError, OSError):
-                async with http.get(f"http://127.0.0.1:{port}{path}") as resp:
-                    if resp.status < 500:
-                        return
-            await asyncio.sleep(0.1)
-    raise RuntimeError(f"server on port {port} not ready: {_tail(log_path)}")
-
-
-def _tail(path: Path) -> str:
-    return path.read_text(errors="replace")[-2000:]
-
-
-@contextlib.asynccontextmanager
-async def server_process(
-    name: str,
-    argv: Sequence[str],
-    workdir: Path,
-    ready_path: str,
-    port: int,
-    env: dict[str, str] | None = None,
-) -> AsyncIterator[ServerProcess]:
-    log_path = workdir / f"{name}-{port}.log"
-    with log_path.open("wb") as log_file:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            cwd=str(ROOT),
-            env={**os.environ, **(env or {})},
-        )
-    try:
-        await _wait_http(port, ready_path, proc, log_path)
-        yield ServerProcess(name, proc, port, log_path)
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), 15)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-
-
 def realtime_server(
     dsn: str, workdir: Path, *extra: str
 ) -> contextlib.AbstractAsyncContextManager[ServerProcess]:
     """`pg-realtime serve` against ``dsn``; ready once its stream is live (/healthz 200)."""
     port = free_port()
     argv = [
-        str(VENV_BIN / "pg-realtime"),
+        *pg_realtime_command(),
         "serve",
         "--database-url",
         dsn,
@@ -299,32 +210,31 @@ def realtime_server(
         "warning",
         *extra,
     ]
-    return _healthy(server_process("pg-realtime", argv, workdir, "/healthz", port))
+    return server_process(argv, port, workdir, cwd=ROOT, secret=JWT_SECRET)
 
 
-@contextlib.asynccontextmanager
-async def _healthy(
-    manager: contextlib.AbstractAsyncContextManager[ServerProcess],
-) -> AsyncIterator[ServerProcess]:
-    async with manager as server:
-        deadline = time.monotonic() + 30
-        async with aiohttp.ClientSession() as http:
-            while True:
-                async with http.get(f"http://127.0.0.1:{server.port}/healthz") as resp:
-                    if resp.status == 200:
-                        break
-                    body = await resp.text()
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"pg-realtime never became healthy: {body}")
-                await asyncio.sleep(0.05)
-        yield server
+def other_server(
+    name: str, argv: Sequence[str], workdir: Path, port: int, env: dict[str, str] | None = None
+) -> contextlib.AbstractAsyncContextManager[ServerProcess]:
+    """A server that is not pg-realtime, ready once its /ready answers at all."""
+    return server_process(
+        argv,
+        port,
+        workdir,
+        name=name,
+        ready_path="/ready",
+        ready=lambda status: status < 500,
+        env=env,
+        cwd=ROOT,
+        secret=JWT_SECRET,
+    )
 
 
 def bare_server(workdir: Path) -> contextlib.AbstractAsyncContextManager[ServerProcess]:
     """The bare aiohttp relay of bench._bare (the WebSocket library's own ceiling)."""
     port = free_port()
     argv = [sys.executable, "-m", "bench._bare", "--port", str(port)]
-    return server_process("bare-aiohttp", argv, workdir, "/ready", port)
+    return other_server("bare-aiohttp", argv, workdir, port)
 
 
 # -- load generators ----------------------------------------------------------------------------
@@ -454,7 +364,6 @@ def machine() -> dict[str, str]:
             if line.startswith("MemTotal:"):
                 mem_kb = int(line.split()[1])
     import aiohttp as _aiohttp
-    import picows
 
     return {
         "cpu": f"{os.cpu_count()} x {cpu}",
@@ -462,7 +371,7 @@ def machine() -> dict[str, str]:
         "kernel": platform.release(),
         "python": platform.python_version(),
         "aiohttp": _aiohttp.__version__,
-        "picows": picows.__version__,
+        "picows": importlib.metadata.version("picows"),
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
 

@@ -34,19 +34,10 @@ from typing import Any
 import orjson
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
+from tests.harness.frames import payload_offset
+
 KIND_USER_BROADCAST_PUSH = 3
-KIND_USER_BROADCAST = 4
 HEARTBEAT_S = 20.0
-
-
-def payload_offset(frame: bytes) -> int:
-    """Where the user payload starts in a kind 3 or kind 4 frame."""
-    kind = frame[0]
-    if kind == KIND_USER_BROADCAST:
-        return 5 + frame[1] + frame[2] + frame[3]
-    if kind == KIND_USER_BROADCAST_PUSH:
-        return 7 + frame[1] + frame[2] + frame[3] + frame[4] + frame[5]
-    raise ValueError(f"not a broadcast frame: kind {kind}")
 
 
 def user_broadcast_push(topic: str, event: str, payload: bytes, join_ref: str = "1") -> bytes:
@@ -71,7 +62,7 @@ class Stats:
         self.latencies = array("d")
 
 
-class Client(WSListener):  # type: ignore[misc]
+class Client(WSListener):
     """One socket. Broadcasts are binary frames (and, with ``raw_text``, text frames holding
     just the payload); other text frames are replies."""
 

@@ -26,6 +26,8 @@ import aiohttp
 import psycopg
 from pg_realtime.embedded import free_port
 
+from tests.harness import ServerProcess
+
 from . import latency
 from ._broadcaster_app import SCHEMA
 from ._harness import (
@@ -33,14 +35,13 @@ from ._harness import (
     Context,
     LoadGen,
     Result,
-    ServerProcess,
     fmt,
     log,
     md_table,
+    other_server,
     percentiles,
     realtime_server,
     save,
-    server_process,
 )
 
 NAME = "broadcaster"
@@ -74,9 +75,7 @@ async def broadcaster_server(dsn: str, ctx: Context) -> AsyncIterator[ServerProc
         "warning",
         "--no-access-log",
     ]
-    async with server_process(
-        "broadcaster", argv, ctx.workdir, "/ready", port, {"BENCH_DATABASE_URL": dsn}
-    ) as s:
+    async with other_server("broadcaster", argv, ctx.workdir, port, {"BENCH_DATABASE_URL": dsn}) as s:
         yield s
 
 

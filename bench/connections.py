@@ -15,17 +15,19 @@ from typing import Any
 
 import psycopg
 
+from tests.harness import ServerProcess
+
 from ._harness import (
     Context,
     LoadGen,
     Result,
-    ServerProcess,
     bare_server,
     figure,
     fmt,
     log,
     md_table,
     realtime_server,
+    rss_kb,
     save,
 )
 
@@ -40,12 +42,12 @@ async def hold(server: ServerProcess, config: dict[str, Any], ctx: Context, n: i
     # in the baseline and not charged to the N.
     async with LoadGen({**config, "subscribers": 1}, ctx.workdir):
         await asyncio.sleep(0.5)
-        before = server.rss_kb()
+        before = rss_kb(server.pid)
         started = time.monotonic()
         async with LoadGen({**config, "subscribers": n, "read_buffer": 1024}, ctx.workdir) as gen:
             connect_s = time.monotonic() - started
             await asyncio.sleep(2)
-            after = server.rss_kb()
+            after = rss_kb(server.pid)
             result = {
                 "n": n,
                 "rss_before_kb": before,

@@ -104,7 +104,7 @@ async def run(ctx: Context) -> Result:
                 results[kind].append(r)
 
     def median(kind: str, key: str) -> float:
-        return statistics.median(r[key] for r in results[kind])
+        return float(statistics.median(r[key] for r in results[kind]))
 
     base = median("bare", "rate")
     labels = {

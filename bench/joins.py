@@ -15,7 +15,7 @@ import aiohttp
 import orjson
 import psycopg
 
-from ._harness import Context, Result, figure, fmt, log, md_table, realtime_server, save, token
+from ._harness import Context, Result, figure, fmt, log, md_table, realtime_server, save
 
 NAME = "joins"
 TITLE = "RLS-checked private joins per second"
@@ -67,9 +67,7 @@ async def run(ctx: Context) -> Result:
         conn.execute(POLICY)
     rates: dict[str, float] = {}
     async with realtime_server(dsn, ctx.workdir, "--db-pool-size", "10") as server:
-        url = (
-            f"http://127.0.0.1:{server.port}/realtime/v1/websocket?vsn=2.0.0&apikey={token('authenticated')}"
-        )
+        url = f"http://127.0.0.1:{server.port}/realtime/v1/websocket?vsn=2.0.0&apikey={server.token('authenticated')}"
         for kind, private in (("public", False), ("private", True), ("public ", False), ("private ", True)):
             rate = await measure(url, private, seconds / 2)
             key = kind.strip()

@@ -8,27 +8,27 @@ The extension is installed once into a template database; every test that asks f
 
 from __future__ import annotations
 
-import asyncio
 import filecmp
 import itertools
 import os
 import subprocess
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from aiohttp import web
-from pg_realtime.auth import sign
-from pg_realtime.cli import ensure_supabase_roles
-from pg_realtime.config import Settings
 from pg_realtime.embedded import EmbeddedPostgres
-from pg_realtime.server import RealtimeServer
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import conninfo_to_dict
 from pytest_postgresql.janitor import DatabaseJanitor
+
+from tests.harness import (
+    LiveServer,
+    prepare_database,
+    serve_in_process,
+    server_settings,
+    with_dbname,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE_DB = "realtime_template"
@@ -57,12 +57,6 @@ def _check_extension_installed() -> None:
         )
 
 
-def _with_dbname(dsn: str, dbname: str) -> str:
-    params = conninfo_to_dict(dsn)
-    params["dbname"] = dbname
-    return make_conninfo(**params)  # type: ignore[arg-type]
-
-
 @pytest.fixture(scope="session")
 def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A superuser DSN (database ``postgres``) of the server the suite runs against."""
@@ -83,11 +77,9 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def pg_template(pg_server: str) -> str:
     """Name of a template database with the Supabase roles and the extension installed."""
     with psycopg.connect(pg_server, autocommit=True) as conn:
-        ensure_supabase_roles(conn)
         conn.execute(f"drop database if exists {TEMPLATE_DB}")
         conn.execute(f"create database {TEMPLATE_DB}")
-    with psycopg.connect(_with_dbname(pg_server, TEMPLATE_DB), autocommit=True) as conn:
-        conn.execute("create extension realtime")
+    prepare_database(with_dbname(pg_server, TEMPLATE_DB))
     return TEMPLATE_DB
 
 
@@ -109,7 +101,7 @@ def db_dsn(pg_server: str, pg_template: str) -> Iterator[str]:
     )
     janitor.init()
     try:
-        yield _with_dbname(pg_server, name)
+        yield with_dbname(pg_server, name)
     finally:
         janitor.drop()
 
@@ -140,43 +132,6 @@ def fresh_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable
 
 # -- the sidecar, served in-process on a free port ----------------------------------------------
 
-TEST_JWT_SECRET = "test-secret-with-at-least-32-bytes-of-entropy!!"
-
-
-@dataclass
-class LiveServer:
-    """A running `pg-realtime` server bound to 127.0.0.1 on a free port."""
-
-    server: RealtimeServer
-    runner: web.AppRunner
-    port: int
-    db_dsn: str | None
-    secret: str = TEST_JWT_SECRET
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/realtime/v1/websocket"
-
-    def token(self, role: str = "anon", expires_in: float = 3600, **claims: Any) -> str:
-        now = int(time.time())
-        body: dict[str, Any] = {"role": role, "iat": now, "exp": now + int(expires_in), **claims}
-        return sign(body, self.secret)
-
-    async def wait_live(self, timeout: float = 10) -> None:
-        deadline = time.monotonic() + timeout
-        while self.server.stream is not None and not self.server.stream.live:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"stream not live: {self.server.stream.reason}")
-            await asyncio.sleep(0.01)
-
-    async def stop(self) -> None:
-        await self.runner.cleanup()
-
-
 ServerFactory = Callable[..., Awaitable[LiveServer]]
 
 
@@ -184,31 +139,17 @@ ServerFactory = Callable[..., Awaitable[LiveServer]]
 async def make_server() -> AsyncIterator[ServerFactory]:
     """Start servers with chosen settings: ``await make_server(db_dsn, max_channels_per_client=2)``.
 
-    ``port`` (0: any free one) lets a test restart a server in place on the port it had.
+    ``port`` (0: any free one) lets a test restart a server in place on the port it had. The
+    suite's cluster is an embedded one, as under `make run`: the inspector is in demo mode.
     """
     started: list[LiveServer] = []
 
     async def start(database_url: str | None, port: int = 0, **overrides: Any) -> LiveServer:
-        # The suite's cluster is an embedded one, as under `make run`: the inspector is in demo mode.
         # Every default limit applies except the delay of refused joins, which would make each test
         # of a refusal wait 5 s; the tests of that delay set it themselves.
         overrides.setdefault("refused_join_delay_ms", 0)
-        settings = Settings(
-            jwt_secret=TEST_JWT_SECRET,
-            port=port,
-            database_url=database_url,
-            embedded_database=database_url is not None,
-            **overrides,
-        )
-        server = RealtimeServer(settings)
-        runner = web.AppRunner(server.app, handle_signals=False, shutdown_timeout=2)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", port, reuse_address=True)
-        await site.start()
-        live = LiveServer(server, runner, runner.addresses[0][1], database_url)
+        live = await serve_in_process(server_settings(database_url, port=port, **overrides))
         started.append(live)
-        if database_url:
-            await live.wait_live()
         return live
 
     yield start

@@ -1,7 +1,8 @@
 """Drive the official Supabase clients against a server under test.
 
 JavaScript (realtime-js, supabase-js) runs in a Node process, ``tests/clients/js/driver.js``,
-controlled by JSON lines: :class:`JsDriver` starts it and exposes its commands as coroutines.
+controlled by JSON lines (the protocol of :class:`tests.harness.node.NodeDriver`): :class:`JsDriver`
+starts it and exposes its commands as coroutines.
 Python (realtime-py, supabase-py) runs in-process: :func:`py_subscribe` and :func:`sb_subscribe`.
 
 Driver protocol (one JSON object per line):
@@ -57,20 +58,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import itertools
-import json
-import os
 import sys
-from collections import deque
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-JS_DIR = Path(__file__).resolve().parent / "js"
+from tests.harness.node import JS_DIR, Event, NodeDriver, NodeDriverError
+
 DRIVER_JS = JS_DIR / "driver.js"
 
-Event = dict[str, Any]
 EventPred = Callable[[Event], bool]
 
 __all__ = [
@@ -113,7 +109,7 @@ def ws_url(url: str) -> str:
 # JavaScript
 
 
-class JsError(Exception):
+class JsError(NodeDriverError):
     """A command answered ``ok: false``, or the driver process failed."""
 
     def __init__(self, message: str, *, cmd: dict[str, Any] | None = None, stderr: str = "") -> None:
@@ -126,7 +122,7 @@ class JsError(Exception):
         super().__init__(text)
 
 
-class JsDriver:
+class JsDriver(NodeDriver):
     """A ``node driver.js`` process. Use as ``async with JsDriver() as d: ...``."""
 
     def __init__(
@@ -137,18 +133,9 @@ class JsDriver:
         env: dict[str, str] | None = None,
         stderr_lines: int = 400,
     ) -> None:
-        self.node = node
-        self.call_timeout = call_timeout
-        self.env = env
-        self.proc: asyncio.subprocess.Process | None = None
-        self._ids = itertools.count(1)
-        self._pending: dict[int, asyncio.Future[Any]] = {}
+        super().__init__(DRIVER_JS, node=node, call_timeout=call_timeout, env=env, stderr_lines=stderr_lines)
         self._events: list[Event] = []
         self._waiters: list[tuple[EventPred | None, asyncio.Future[Event]]] = []
-        self._stderr: deque[str] = deque(maxlen=stderr_lines)
-        self._tasks: list[asyncio.Task[None]] = []
-        self._ready: asyncio.Future[Event] | None = None
-        self._dead: str | None = None
         self.node_errors: list[Event] = []
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -168,125 +155,13 @@ class JsDriver:
             # pytest shows captured stderr of a failing test: make the driver's log part of it.
             print(f"--- node driver stderr (tail) ---\n{self.stderr}", file=sys.stderr)
 
-    async def start(self, timeout: float = 15.0) -> None:
-        env = {**os.environ, **(self.env or {})}
-        env.setdefault("NODE_NO_WARNINGS", "1")
-        self.proc = await asyncio.create_subprocess_exec(
-            self.node,
-            str(DRIVER_JS),
-            cwd=str(JS_DIR),
-            env=env,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            limit=64 * 1024 * 1024,
-        )
-        loop = asyncio.get_running_loop()
-        self._ready = loop.create_future()
-        self._tasks = [
-            asyncio.create_task(self._read_stdout(), name="js-driver-stdout"),
-            asyncio.create_task(self._read_stderr(), name="js-driver-stderr"),
-        ]
-        try:
-            await asyncio.wait_for(asyncio.shield(self._ready), timeout)
-        except TimeoutError:
-            await self.close()
-            raise JsError(f"driver not ready within {timeout}s", stderr=self.stderr) from None
+    # -- the protocol's hooks ---------------------------------------------------------------------
 
-    async def close(self, timeout: float = 5.0) -> None:
-        """Ask the driver to exit (disconnecting its clients), then make sure the process is gone."""
-        proc = self.proc
-        if proc is None:
-            return
-        if proc.returncode is None and self._dead is None:
-            with contextlib.suppress(Exception):
-                await self.call({"cmd": "exit"}, timeout=timeout)
-        if proc.stdin is not None:
-            with contextlib.suppress(Exception):
-                proc.stdin.close()
-        try:
-            await asyncio.wait_for(proc.wait(), timeout)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), 2.0)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
-        for task in self._tasks:
-            if not task.done():
-                task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        if proc.stdin is not None:
-            with contextlib.suppress(Exception):
-                await proc.stdin.wait_closed()
-        self._fail_all("driver closed")
-        self.proc = None
+    def error(self, message: str, cmd: dict[str, Any] | None = None) -> Exception:
+        return JsError(message, cmd=cmd, stderr=self.stderr)
 
-    @property
-    def stderr(self) -> str:
-        """The last lines the driver wrote to stderr (library warnings and logs)."""
-        return "\n".join(self._stderr)
-
-    # -- I/O --------------------------------------------------------------------------------------
-
-    async def _read_stdout(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        reader = self.proc.stdout
-        while True:
-            try:
-                raw = await reader.readline()
-            except (ValueError, asyncio.LimitOverrunError) as e:
-                self._stderr.append(f"[stdout] unreadable line: {e}")
-                continue
-            if not raw:
-                break
-            line = raw.decode("utf-8", "replace").rstrip("\n")
-            if not line.strip():
-                continue
-            try:
-                msg = json.loads(line)
-            except ValueError:
-                self._stderr.append(f"[stdout, not JSON] {line}")
-                continue
-            if not isinstance(msg, dict):
-                self._stderr.append(f"[stdout, not an object] {line}")
-            elif "event" in msg:
-                self._dispatch_event(msg)
-            elif "id" in msg:
-                fut = self._pending.pop(msg["id"], None) if isinstance(msg["id"], int) else None
-                if fut is None:
-                    self._stderr.append(f"[stdout, unmatched reply] {line}")
-                elif not fut.done():
-                    fut.set_result(msg)
-            else:
-                self._stderr.append(f"[stdout, unknown] {line}")
-        rc = await self.proc.wait()
-        self._dead = f"driver process exited with code {rc}"
-        self._fail_all(self._dead)
-
-    async def _read_stderr(self) -> None:
-        assert self.proc is not None and self.proc.stderr is not None
-        reader = self.proc.stderr
-        while True:
-            try:
-                raw = await reader.readline()
-            except (ValueError, asyncio.LimitOverrunError):
-                continue
-            if not raw:
-                break
-            self._stderr.append(raw.decode("utf-8", "replace").rstrip("\n"))
-
-    def _dispatch_event(self, event: Event) -> None:
-        kind = event.get("event")
-        if kind == "ready" and self._ready is not None and not self._ready.done():
-            self._ready.set_result(event)
-            return
-        if kind == "error":
+    def on_event(self, event: Event) -> None:
+        if event.get("event") == "error":
             self.node_errors.append(event)
         for i, (pred, fut) in enumerate(self._waiters):
             if fut.done():
@@ -297,45 +172,17 @@ class JsDriver:
                 return
         self._events.append(event)
 
-    def _fail_all(self, reason: str) -> None:
-        err = JsError(reason, stderr=self.stderr)
-        for fut in self._pending.values():
-            if not fut.done():
-                fut.set_exception(err)
-        self._pending.clear()
+    def on_failure(self, error: Exception) -> None:
         for _, fut in self._waiters:
             if not fut.done():
-                fut.set_exception(err)
+                fut.set_exception(error)
         self._waiters.clear()
-        if self._ready is not None and not self._ready.done():
-            self._ready.set_exception(err)
 
     # -- commands and events ----------------------------------------------------------------------
 
     async def call(self, cmd: dict[str, Any], timeout: float | None = None) -> Any:
         """Send one command; return its ``result`` or raise :class:`JsError` (``ok: false``)."""
-        if self.proc is None or self.proc.stdin is None or self._dead is not None:
-            raise JsError(self._dead or "driver not running", cmd=cmd, stderr=self.stderr)
-        msg_id = next(self._ids)
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[msg_id] = fut
-        self.proc.stdin.write(json.dumps({**cmd, "id": msg_id}).encode() + b"\n")
-        try:
-            await self.proc.stdin.drain()
-        except (ConnectionError, BrokenPipeError) as e:
-            self._pending.pop(msg_id, None)
-            raise JsError(f"cannot write to the driver: {e}", cmd=cmd, stderr=self.stderr) from e
-        limit = self.call_timeout if timeout is None else timeout
-        try:
-            reply = await asyncio.wait_for(fut, limit)
-        except TimeoutError:
-            self._pending.pop(msg_id, None)
-            raise TimeoutError(
-                f"no reply to {cmd.get('cmd')!r} within {limit}s\n--- node stderr (tail) ---\n{self.stderr}"
-            ) from None
-        if not reply.get("ok"):
-            raise JsError(str(reply.get("error")), cmd=cmd, stderr=self.stderr)
-        return reply.get("result")
+        return await self.request(cmd, timeout)
 
     async def next_event(self, pred: EventPred | None = None, timeout: float = 5.0) -> Event:
         """The oldest unconsumed event matching ``pred`` (any event if None), waiting up to ``timeout``.

@@ -5,11 +5,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-from aiohttp import web
-from pg_realtime.config import Settings
-from pg_realtime.server import RealtimeServer
 
-from ..conftest import TEST_JWT_SECRET, LiveServer
+from tests.harness import LiveServer, serve_in_process, server_settings
+
 from .browser import Browser
 
 
@@ -26,15 +24,8 @@ async def browser() -> AsyncIterator[Browser]:
 @pytest.fixture
 async def external_server(db_dsn: str) -> AsyncIterator[LiveServer]:
     """A server given its database URL, as in production: not demo mode, the page holds no key."""
-    settings = Settings(jwt_secret=TEST_JWT_SECRET, port=0, database_url=db_dsn)
-    server = RealtimeServer(settings)
-    runner = web.AppRunner(server.app, handle_signals=False, shutdown_timeout=2)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    live = LiveServer(server, runner, runner.addresses[0][1], db_dsn)
+    live = await serve_in_process(server_settings(db_dsn, demo=False))
     try:
-        await live.wait_live()
         yield live
     finally:
         await live.stop()

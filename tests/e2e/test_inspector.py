@@ -13,10 +13,12 @@ import psycopg
 import pytest
 from pg_realtime.inspector import INSPECTOR_KEY, PAGE_TOKEN_LIFETIME_S, Inspector
 
-from ..conftest import TEST_JWT_SECRET
+from tests.clients.drivers import py_subscribe
+from tests.harness import TEST_JWT_SECRET
+
 from .browser import Browser
 
-PUBLIC = {
+PUBLIC: dict[str, Any] = {
     "broadcast": {"self": False, "ack": False},
     "presence": {"key": "", "enabled": False},
     "private": False,
@@ -83,18 +85,8 @@ async def test_static_files(live_server):
 
 
 async def test_stats_report_sockets_channels_topics_and_rates(live_server, db_dsn):
-    from realtime import AsyncRealtimeClient
-
-    client = AsyncRealtimeClient(
-        f"ws://127.0.0.1:{live_server.port}/realtime/v1", live_server.token(), timeout=5
-    )
-    got: asyncio.Queue[Any] = asyncio.Queue()
-    subscribed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-    ch = client.channel("stats-room", {"config": PUBLIC})
-    ch.on_broadcast("*", got.put_nowait)
-    await ch.subscribe(lambda state, err: subscribed.done() or subscribed.set_result(state))
+    client, _, got = await py_subscribe(live_server.url, live_server.token(), "stats-room", PUBLIC)
     try:
-        assert str(await asyncio.wait_for(subscribed, 5)).endswith("SUBSCRIBED")
         url = live_server.url + "/api/inspector/stats"
         _, _, body = await get(url)
         import json
@@ -159,20 +151,6 @@ def test_rates_come_from_counter_deltas(live_server):
 # -- the page in a real browser --------------------------------------------------------------------
 
 
-async def realtime_py_listener(port: int, token: str, topic: str, event: str):
-    from realtime import AsyncRealtimeClient
-
-    client = AsyncRealtimeClient(f"ws://127.0.0.1:{port}/realtime/v1", token, timeout=5)
-    got: asyncio.Queue[Any] = asyncio.Queue()
-    subscribed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-    ch = client.channel(topic, {"config": PUBLIC})
-    ch.on_broadcast(event, got.put_nowait)
-    await ch.subscribe(lambda state, err: subscribed.done() or subscribed.set_result((state, err)))
-    state, err = await asyncio.wait_for(subscribed, 10)
-    assert str(state).endswith("SUBSCRIBED"), (state, err)
-    return client, got
-
-
 async def assert_only_same_origin(browser: Browser, port: int) -> None:
     requests = await browser.call("requests")
     assert requests, "the page made requests"
@@ -214,7 +192,7 @@ async def test_page_joins_receives_from_sql_and_sends_to_realtime_py(live_server
     assert "room1" in text and "from sql" in text
 
     # A broadcast sent from the page reaches a realtime-py subscriber.
-    client, got = await realtime_py_listener(live_server.port, live_server.token(), "room1", "ev")
+    client, _, got = await py_subscribe(live_server.url, live_server.token(), "room1", PUBLIC, ["ev"])
     try:
         await browser.call("waitForText", selector="#stat-channels", text="2", exact=True)
         await browser.call("fill", selector="#send-event", value="ev")

@@ -20,8 +20,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,22 +31,19 @@ import psycopg
 import pytest
 from pg_realtime.embedded import free_port
 
-from ..conftest import TEST_JWT_SECRET
+from tests.clients.drivers import py_subscribe
+from tests.harness import TEST_JWT_SECRET, ServerProcess, pg_realtime_command
 
 ROOT = Path(__file__).resolve().parents[2]
-PUBLIC = {
+PUBLIC: dict[str, Any] = {
     "broadcast": {"self": False, "ack": False},
     "presence": {"key": "", "enabled": False},
     "private": False,
 }
 
 
-def pg_realtime_command() -> list[str]:
-    script = Path(sys.executable).parent / "pg-realtime"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "pg_realtime.cli"]
-
-
 def healthz(port: int) -> int | None:
+    """The status of GET /healthz, None while nothing answers (for `make run`, not a server we start)."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
             return int(response.status)
@@ -101,52 +97,6 @@ def parse_banner(text: str) -> Banner:
     return Banner(field("anon key"), field("service_role key"), field("database"), psql[0], curl[0])
 
 
-class Served:
-    """A `pg-realtime serve` process with its output in files."""
-
-    def __init__(self, argv: list[str], workdir: Path, env: dict[str, str] | None = None) -> None:
-        self.stdout_path = workdir / f"stdout-{time.monotonic_ns()}.log"
-        self.stderr_path = self.stdout_path.with_name(self.stdout_path.name.replace("stdout", "stderr"))
-        with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
-            self.proc = subprocess.Popen(
-                argv, stdout=out, stderr=err, cwd=workdir, env={**os.environ, **(env or {})}
-            )
-
-    @property
-    def output(self) -> str:
-        return self.stdout_path.read_text(errors="replace")
-
-    @property
-    def log(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
-
-    def wait_healthy(self, port: int, timeout: float = 90) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, (
-                f"serve exited {self.proc.returncode}:\n{self.output}\n{self.log}"
-            )
-            if healthz(port) == 200:
-                return
-            time.sleep(0.2)
-        raise AssertionError(f"/healthz did not answer 200 within {timeout}s:\n{self.output}\n{self.log}")
-
-    def interrupt(self, timeout: float = 60) -> int:
-        """Ctrl-C: SIGINT, then the exit status."""
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise AssertionError(f"serve did not stop within {timeout}s after SIGINT:\n{self.log}") from None
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-
 def stop_clusters(*data_dirs: Path) -> None:
     """After a failure: stop clusters a killed server left running (they run in their own session)."""
     from pg_realtime.embedded import EmbeddedPostgres
@@ -157,33 +107,23 @@ def stop_clusters(*data_dirs: Path) -> None:
                 EmbeddedPostgres(data_dir).stop("immediate")
 
 
-@contextmanager
-def serving(
-    argv: list[str], workdir: Path, env: dict[str, str] | None = None, clusters: str = ""
-) -> Iterator[Served]:
+@contextlib.asynccontextmanager
+async def serving(
+    argv: list[str], port: int, workdir: Path, env: dict[str, str] | None = None, clusters: str = ""
+) -> AsyncIterator[ServerProcess]:
     """Run ``argv``; on the way out kill it if still running and stop the clusters matching ``clusters``."""
-    served = Served(argv, workdir, env)
+    served = await ServerProcess.start(argv, port, workdir, env=env)
     try:
         yield served
     finally:
-        if served.proc.poll() is None:
-            served.kill()
+        if served.proc.returncode is None:
+            await served.kill()
             if clusters:
-                stop_clusters(*Path("/").glob(clusters.lstrip("/")))
+                await asyncio.to_thread(stop_clusters_matching, clusters)
 
 
-async def listen(port: int, token: str, topic: str) -> tuple[Any, asyncio.Queue[Any]]:
-    from realtime import AsyncRealtimeClient
-
-    client = AsyncRealtimeClient(f"ws://127.0.0.1:{port}/realtime/v1", token, timeout=5)
-    got: asyncio.Queue[Any] = asyncio.Queue()
-    subscribed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-    ch = client.channel(topic, {"config": PUBLIC})
-    ch.on_broadcast("*", got.put_nowait)
-    await ch.subscribe(lambda state, err: subscribed.done() or subscribed.set_result((state, err)))
-    state, err = await asyncio.wait_for(subscribed, 10)
-    assert str(state).endswith("SUBSCRIBED"), (state, err)
-    return client, got
+def stop_clusters_matching(pattern: str) -> None:
+    stop_clusters(*Path("/").glob(pattern.lstrip("/")))
 
 
 async def shell(line: str) -> subprocess.CompletedProcess[str]:
@@ -203,8 +143,8 @@ async def test_embedded_serve_prints_working_demo_lines_and_reuses_its_data(tmp_
     port = free_port()
     argv = [*pg_realtime_command(), "serve", "--port", str(port), "--data-dir", str(data_dir)]
 
-    with serving(argv, tmp_path, clusters=str(data_dir)) as served:
-        await asyncio.to_thread(served.wait_healthy, port)
+    async with serving(argv, port, tmp_path, clusters=str(data_dir)) as served:
+        await served.wait_ready()
         banner = parse_banner(served.output)
         assert f"http://127.0.0.1:{port}" in served.output
 
@@ -225,7 +165,7 @@ async def test_embedded_serve_prints_working_demo_lines_and_reuses_its_data(tmp_
             conn.execute("create table kept_across_runs (id int)")
 
         # The two copy-paste lines reach a subscriber of 'room1'.
-        client, got = await listen(port, banner.anon, "room1")
+        client, _, got = await py_subscribe(f"http://127.0.0.1:{port}", banner.anon, "room1", PUBLIC)
         try:
             await shell(banner.psql)
             message = await asyncio.wait_for(got.get(), 10)
@@ -241,19 +181,19 @@ async def test_embedded_serve_prints_working_demo_lines_and_reuses_its_data(tmp_
         # Ctrl-C stops the server and the cluster; the data stays.
         pgdata = data_dir / "pgdata"
         db_port = int((data_dir / "port").read_text())
-        assert await asyncio.to_thread(served.interrupt) == 0, served.log
+        assert await served.interrupt() == 0, served.log
         assert not (pgdata / "postmaster.pid").exists()
         assert not port_open(db_port) and not port_open(port)
         assert postgres_processes_using(pgdata) == []
 
     # The next run reuses the cluster, its data and its secret.
-    with serving(argv, tmp_path, clusters=str(data_dir)) as served:
-        await asyncio.to_thread(served.wait_healthy, port)
+    async with serving(argv, port, tmp_path, clusters=str(data_dir)) as served:
+        await served.wait_ready()
         banner = parse_banner(served.output)
         assert jwt.decode(banner.anon, secret, algorithms=["HS256"])["role"] == "anon"
         with psycopg.connect(banner.database_url, autocommit=True) as conn:
             assert conn.execute("select to_regclass('kept_across_runs') is not null").fetchone() == (True,)
-        assert await asyncio.to_thread(served.interrupt) == 0, served.log
+        assert await served.interrupt() == 0, served.log
         assert not (pgdata / "postmaster.pid").exists()
 
 
@@ -263,13 +203,15 @@ async def test_ephemeral_cluster_is_deleted_at_exit(tmp_path):
     scratch.mkdir()
     port = free_port()
     argv = [*pg_realtime_command(), "serve", "--port", str(port), "--ephemeral"]
-    with serving(argv, tmp_path, env={"TMPDIR": str(scratch)}, clusters=f"{scratch}/pg-realtime-*") as served:
-        await asyncio.to_thread(served.wait_healthy, port)
+    async with serving(
+        argv, port, tmp_path, env={"TMPDIR": str(scratch)}, clusters=f"{scratch}/pg-realtime-*"
+    ) as served:
+        await served.wait_ready()
         clusters = list(scratch.glob("pg-realtime-*"))
         assert len(clusters) == 1 and (clusters[0] / "pgdata" / "PG_VERSION").exists()
         assert not (tmp_path / ".data").exists()
         parse_banner(served.output)
-        assert await asyncio.to_thread(served.interrupt) == 0, served.log
+        assert await served.interrupt() == 0, served.log
     assert list(scratch.glob("pg-realtime-*")) == []
     assert postgres_processes_using(clusters[0]) == []
 
@@ -286,8 +228,8 @@ async def test_with_a_database_url_nothing_is_embedded(tmp_path, db_dsn):
         "--jwt-secret",
         TEST_JWT_SECRET,
     ]
-    with serving(argv, tmp_path, env={"TMPDIR": str(tmp_path)}) as served:
-        await asyncio.to_thread(served.wait_healthy, port)
+    async with serving(argv, port, tmp_path, env={"TMPDIR": str(tmp_path)}) as served:
+        await served.wait_ready()
         assert "anon key" not in served.output
         assert not (tmp_path / ".data").exists()
         assert list(tmp_path.glob("pg-realtime-*")) == []
@@ -295,7 +237,7 @@ async def test_with_a_database_url_nothing_is_embedded(tmp_path, db_dsn):
             page = await response.text()
         assert '"demo": false' in page or '"demo":false' in page
         assert "eyJ" not in page  # no key in the page
-        assert await asyncio.to_thread(served.interrupt) == 0, served.log
+        assert await served.interrupt() == 0, served.log
 
 
 # -- make run, from a clean clone --------------------------------------------------------------------

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import psycopg
 import pytest
-from pg_realtime.cli import ensure_supabase_roles
 from pg_realtime.embedded import EmbeddedPostgres
 
-# Enough of a Supabase project for private channels: the extension, and policies that let
-# `authenticated` read and write the topics named `room-*` (the roles come first).
+from tests.harness import prepare_database
+
+# Enough of a Supabase project for private channels: policies that let `authenticated` read and
+# write the topics named `room-*` (on top of the roles and the extension).
 PRIVATE_SETUP = """
-create extension if not exists realtime;
 create policy read_rooms on realtime.messages for select to authenticated
   using ((select realtime.topic()) like 'room-%');
 create policy write_rooms on realtime.messages for insert to authenticated
@@ -25,7 +24,5 @@ def private_cluster(fresh_cluster: Callable[[], EmbeddedPostgres]) -> tuple[Embe
     """A dedicated cluster (it may be stopped) whose ``postgres`` database is ready for private channels."""
     cluster = fresh_cluster()
     dsn = cluster.dsn()
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        ensure_supabase_roles(conn)
-        conn.execute(PRIVATE_SETUP)
+    prepare_database(dsn, setup_sql=PRIVATE_SETUP)
     return cluster, dsn

@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import LiveServer
+from tests.harness import LiveServer
 
 
 def bearer(server: LiveServer, role: str = "service_role") -> dict[str, str]:

@@ -75,8 +75,8 @@ def corpus(token: str) -> list[tuple[str, str | bytes]]:
     return frames
 
 
-def mutate(rng: random.Random, data: bytes) -> bytes:
-    data = bytearray(data)
+def mutate(rng: random.Random, frame: bytes) -> bytes:
+    data = bytearray(frame)
     for _ in range(rng.randint(1, 4)):
         choice = rng.randrange(6)
         position = rng.randrange(len(data) + 1)

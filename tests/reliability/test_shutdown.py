@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 import time
 
 import aiohttp
 import pytest
-from pg_realtime.auth import sign
 from pg_realtime.embedded import free_port
 
-from tests.conftest import TEST_JWT_SECRET
+from tests.harness import TEST_JWT_SECRET, ServerProcess, pg_realtime_command
 from tests.sidecar.test_delivery import run_sql
 from tests.sidecar.wire import RawSocket
 
@@ -33,55 +31,36 @@ create policy slow_write on realtime.messages for insert to authenticated
 """
 
 
-def token(role: str = "anon") -> str:
-    return sign({"role": role, "exp": int(time.time()) + 600}, TEST_JWT_SECRET)
-
-
 async def test_sigterm_answers_requests_in_flight_closes_sockets_and_connections(db_dsn, tmp_path):
     run_sql(db_dsn, SLOW_WRITE_POLICY)
     port = free_port()
-    stderr_path = tmp_path / "stderr.log"
-    with stderr_path.open("wb") as stderr:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "pg_realtime.cli",
-            "serve",
-            "--database-url",
-            db_dsn,
-            "--port",
-            str(port),
-            "--jwt-secret",
-            TEST_JWT_SECRET,
-            "--shutdown-timeout-s",
-            "5",
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=stderr,
-        )
-    url = f"http://127.0.0.1:{port}"
+    argv = [
+        *pg_realtime_command(),
+        "serve",
+        "--database-url",
+        db_dsn,
+        "--port",
+        str(port),
+        "--jwt-secret",
+        TEST_JWT_SECRET,
+        "--shutdown-timeout-s",
+        "5",
+    ]
+    served = await ServerProcess.start(argv, port, tmp_path)
+    proc = served.proc
+    url = served.url
     sockets: list[RawSocket] = []
     try:
-        async with aiohttp.ClientSession() as http:
-            deadline = time.monotonic() + 20
-            while True:
-                assert proc.returncode is None, stderr_path.read_text()
-                try:
-                    async with http.get(f"{url}/healthz") as response:
-                        if response.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                assert time.monotonic() < deadline, "the server did not become healthy"
-                await asyncio.sleep(0.05)
+        await served.wait_ready(timeout=20)
 
         for vsn in ("1.0.0", "2.0.0", "2.0.0"):
-            ws = await RawSocket.connect(url, token(), vsn=vsn)
+            ws = await RawSocket.connect(url, served.token(expires_in=600), vsn=vsn)
             await ws.join("shutdown")
             sockets.append(ws)
         assert run_sql(db_dsn, COUNT_OUR_CONNECTIONS)[0][0] >= 2  # the reader and the pool
 
         # Two REST requests whose handlers are busy (in the RLS write check) when the signal comes.
-        headers = {"Authorization": f"Bearer {token('authenticated')}"}
+        headers = {"Authorization": f"Bearer {served.token('authenticated', expires_in=600)}"}
         batch = {"messages": [{"topic": "slow", "event": "e", "payload": {"n": 1}, "private": True}]}
         async with aiohttp.ClientSession() as http:
 
@@ -108,12 +87,10 @@ async def test_sigterm_answers_requests_in_flight_closes_sockets_and_connections
 
         returncode = await asyncio.wait_for(proc.wait(), 15)
         elapsed = time.monotonic() - sigterm_at
-        assert returncode == 0, stderr_path.read_text()
+        assert returncode == 0, served.log
         assert elapsed < 10, f"shutdown took {elapsed:.1f}s"
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await served.kill()
         for ws in sockets:
             await ws.close()
 
@@ -122,4 +99,4 @@ async def test_sigterm_answers_requests_in_flight_closes_sockets_and_connections
     while run_sql(db_dsn, COUNT_OUR_CONNECTIONS)[0][0] and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     assert run_sql(db_dsn, COUNT_OUR_CONNECTIONS)[0][0] == 0
-    assert "shutting down" in stderr_path.read_text()
+    assert "shutting down" in served.log

@@ -11,15 +11,16 @@ wire said so (an ok join reply opens it, a phx_close ends it).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, TypedDict
 
 import hypothesis
 import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pg_realtime import phoenix
-from pg_realtime.auth import Verifier, sign
+from pg_realtime.auth import Verifier
 from pg_realtime.broadcast import Broadcaster
 from pg_realtime.channels import Registry
 from pg_realtime.config import Settings
@@ -30,9 +31,12 @@ from pg_realtime.queries import Answer, PolicyFailed, ReplayQuery, Request, Unav
 from pg_realtime.rows import Row
 from pg_realtime.session import Session, SessionContext
 
+from tests.harness import mint_token, parse_kind4
+
 SECRET = "state-machine-secret-with-enough-entropy-123"
 
-text = st.text(alphabet=st.characters(exclude_categories=("Cs",)), max_size=12)
+SURROGATES: tuple[Literal["Cs"]] = ("Cs",)
+text = st.text(alphabet=st.characters(exclude_categories=SURROGATES), max_size=12)
 refs = st.none() | st.sampled_from(["1", "2", "3", "10"]) | text
 topics = st.sampled_from(
     ["phoenix", "realtime:a", "realtime:b", "realtime:a:b", "realtime:", "room", "realtime:ünï"]
@@ -65,17 +69,18 @@ json_values = st.recursive(
 flexible = st.booleans() | st.sampled_from(["true", "FALSE", "maybe"]) | json_values
 
 
+MINTED: dict[str, Callable[[], str]] = {
+    "valid": lambda: mint_token(SECRET),
+    "other": lambda: mint_token(SECRET, "authenticated", sub="u1"),
+    "short": lambda: mint_token(SECRET, expires_in=0.02),  # expires within the session
+    "expired": lambda: mint_token(SECRET, expires_in=-10),
+    "no-role": lambda: mint_token(SECRET, role=None),
+}
+
+
 def _token(kind: str) -> Any:
-    now = int(time.time())
-    claims = {
-        "valid": {"role": "anon", "exp": now + 3600},
-        "other": {"role": "authenticated", "exp": now + 3600, "sub": "u1"},
-        "short": {"role": "anon", "exp": time.time() + 0.02},  # expires within the session
-        "expired": {"role": "anon", "exp": now - 10},
-        "no-role": {"exp": now + 3600},
-    }.get(kind)
-    if claims is not None:
-        return sign(claims, SECRET)
+    if kind in MINTED:
+        return MINTED[kind]()
     return {"garbage": "not.a.jwt", "sb": "sb_publishable_x", "empty": "", "none": None, "number": 5}[kind]
 
 
@@ -178,6 +183,18 @@ messages = st.one_of(
     _messages(events, payloads.map(_as_decoded)),
 )
 steps = st.lists(messages | st.builds(Sleep, st.sampled_from([0.0, 0.0, 0.0, 0.03])), min_size=4, max_size=40)
+
+
+class Limits(TypedDict, total=False):
+    """The settings the sessions are run under."""
+
+    max_channels_per_client: int
+    max_joins_per_second: int
+    max_events_per_second: int
+    max_client_events_per_second: int
+    max_payload_kb: int
+
+
 limits = st.fixed_dictionaries(
     {
         "max_channels_per_client": st.sampled_from([0, 2, 100]),
@@ -193,17 +210,11 @@ def check_frame(frame: str | bytes, vsn: Vsn) -> tuple[str | None, str | None, s
     """(join_ref, ref, topic, event, payload) of a frame the server sent, asserting it is well formed."""
     if isinstance(frame, bytes):
         assert vsn is Vsn.V2, "binary frame to a 1.0.0 socket"
-        assert frame[0] == 4, f"unexpected binary kind {frame[0]}"
-        topic_len, event_len, meta_len, enc = frame[1:5]
-        assert enc in (0, 1)
-        pos = 5 + topic_len + event_len + meta_len
-        assert len(frame) >= pos
-        topic = frame[5 : 5 + topic_len].decode()
-        if meta_len:
-            assert isinstance(orjson.loads(frame[5 + topic_len + event_len : pos]), dict)
-        if enc == 1:
-            orjson.loads(frame[pos:])
-        return None, None, topic, "broadcast", None
+        kind4 = parse_kind4(frame)
+        kind4.meta_json()
+        if kind4.encoding == PayloadEncoding.JSON:
+            kind4.payload_value()
+        return None, None, kind4.topic, "broadcast", None
     decoded = orjson.loads(frame)
     if vsn is Vsn.V2:
         assert isinstance(decoded, list) and len(decoded) == 5
@@ -236,7 +247,7 @@ def answer_for(request: Request, choice: str) -> Answer:
 
 
 def drive(
-    vsn: Vsn, limit_settings: dict[str, int], script: list[Message | Sleep], answers: list[str]
+    vsn: Vsn, limit_settings: Limits, script: list[Message | Sleep], answers: list[str]
 ) -> list[tuple[str, Any]]:
     """Run the script on a session alone, checking after every step; returns every (event, payload) sent.
 
@@ -315,7 +326,7 @@ answer_choices = st.lists(st.sampled_from(["yes", "no", "down", "broken"]), max_
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(vsn=st.sampled_from([Vsn.V1, Vsn.V2]), limit_settings=limits, script=steps, answers=answer_choices)
 def test_random_sessions_keep_the_registry_and_the_wire_consistent(
-    vsn: Vsn, limit_settings: dict[str, int], script: list[Message | Sleep], answers: list[str]
+    vsn: Vsn, limit_settings: Limits, script: list[Message | Sleep], answers: list[str]
 ) -> None:
     seen = drive(vsn, limit_settings, script, answers)
     joins = sum(1 for event, payload in seen if event == "phx_reply" and "postgres_changes" in str(payload))
@@ -325,7 +336,7 @@ def test_random_sessions_keep_the_registry_and_the_wire_consistent(
 def test_the_same_checks_hold_for_a_scripted_session() -> None:
     """A readable session through the main transitions, as a baseline for the random ones."""
     for vsn in (Vsn.V1, Vsn.V2):
-        short = sign({"role": "anon", "exp": time.time() + 0.5}, SECRET)
+        short = mint_token(SECRET, expires_in=0.5)
         j = "realtime:a"
         script: list[Message | Sleep] = [
             Message("1", "1", j, "phx_join", {"config": {"broadcast": {"self": True, "ack": True}}}),

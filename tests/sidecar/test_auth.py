@@ -31,15 +31,16 @@ def test_hs_tokens_verify_with_the_secret(alg):
 
 
 def _jwks_for(kind):
+    private: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
     if kind == "RS256":
-        private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        public = json.loads(RSAAlgorithm.to_jwk(private.public_key()))
+        private = rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        public = json.loads(RSAAlgorithm.to_jwk(rsa_key.public_key()))
     elif kind == "ES256":
-        private = ec.generate_private_key(ec.SECP256R1())
-        public = json.loads(ECAlgorithm.to_jwk(private.public_key()))
+        private = ec_key = ec.generate_private_key(ec.SECP256R1())
+        public = json.loads(ECAlgorithm.to_jwk(ec_key.public_key()))
     else:
-        private = ed25519.Ed25519PrivateKey.generate()
-        public = json.loads(OKPAlgorithm.to_jwk(private.public_key()))
+        private = ed_key = ed25519.Ed25519PrivateKey.generate()
+        public = json.loads(OKPAlgorithm.to_jwk(ed_key.public_key()))
     public["kid"] = "key-1"
     return private, {"keys": [public]}
 

@@ -14,9 +14,10 @@ import time
 from collections import defaultdict
 from typing import Any
 
-import orjson
 import psycopg
 import pytest
+
+from tests.harness import parse_kind4
 
 from .wire import RawSocket
 
@@ -26,17 +27,8 @@ pytestmark = pytest.mark.asyncio
 def decode_db_frame(frame: Any) -> tuple[str, str, Any, dict[str, Any]]:
     """(subtopic, event, payload, meta) of a broadcast frame in any of the three wire forms."""
     if isinstance(frame, bytes):
-        assert frame[0] == 4
-        topic_len, event_len, meta_len, enc = frame[1], frame[2], frame[3], frame[4]
-        pos = 5
-        topic = frame[pos : pos + topic_len].decode()
-        pos += topic_len
-        event = frame[pos : pos + event_len].decode()
-        pos += event_len
-        meta = orjson.loads(frame[pos : pos + meta_len]) if meta_len else {}
-        pos += meta_len
-        payload = orjson.loads(frame[pos:]) if enc == 1 else frame[pos:]
-        return topic.removeprefix("realtime:"), event, payload, meta
+        kind4 = parse_kind4(frame)
+        return kind4.subtopic, kind4.event, kind4.payload_value(), kind4.meta_json()
     if isinstance(frame, list):
         body = frame[4]
         return frame[2].removeprefix("realtime:"), body["event"], body["payload"], body.get("meta", {})
@@ -204,7 +196,7 @@ class Subscriber:
 
 
 def _is_broadcast(frame: Any) -> bool:
-    return (frame[3] if isinstance(frame, list) else frame.get("event")) == "broadcast"
+    return bool((frame[3] if isinstance(frame, list) else frame.get("event")) == "broadcast")
 
 
 def writer(dsn: str, writer_id: int, topics: list[str], transactions: int, seed: int, stop_at: float) -> None:
@@ -275,7 +267,8 @@ async def test_torture_concurrent_writers_rollbacks_and_long_transactions(make_s
     for t in threads:
         t.start()
     await asyncio.sleep(0.5)  # many reads happen while both long transactions stay open
-    await asyncio.to_thread(lambda: [t.join() for t in threads])
+    for t in threads:
+        await asyncio.to_thread(t.join)
     long_commit.commit()
     long_rollback.rollback()
     long_commit.close()

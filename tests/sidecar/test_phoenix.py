@@ -29,6 +29,8 @@ from pg_realtime.phoenix import (
     subtopic,
 )
 
+from tests import harness
+
 JSON = PayloadEncoding.JSON
 BINARY = PayloadEncoding.BINARY
 
@@ -52,16 +54,8 @@ def kind3(
 
 def parse_kind4(frame: bytes) -> tuple[str, str, bytes, int, bytes]:
     """User broadcast: ``4 topic_len uevent_len meta_len enc | topic uevent meta payload``."""
-    assert frame[0] == 4
-    topic_len, event_len, meta_len, enc = frame[1:5]
-    pos = 5
-    topic = frame[pos : pos + topic_len].decode()
-    pos += topic_len
-    event = frame[pos : pos + event_len].decode()
-    pos += event_len
-    meta = frame[pos : pos + meta_len]
-    pos += meta_len
-    return topic, event, meta, enc, frame[pos:]
+    kind4 = harness.parse_kind4(frame)
+    return kind4.topic, kind4.event, kind4.meta, kind4.encoding, kind4.payload
 
 
 # --- vsn and topics -----------------------------------------------------------------------------------------

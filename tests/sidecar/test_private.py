@@ -11,6 +11,8 @@ import aiohttp
 import psycopg
 import pytest
 
+from tests.harness import scalar
+
 from .test_delivery import decode_db_frame, run_sql
 from .wire import RawSocket, reply_of
 
@@ -281,12 +283,7 @@ async def test_probes_leave_nothing_behind(server, db_dsn):
     await asyncio.sleep(0.1)
     assert run_sql(db_dsn, "select count(*) from realtime.messages")[0][0] == 0
     with psycopg.connect(db_dsn) as conn:
-        assert (
-            conn.execute(
-                "select count(*) from pg_stat_activity where state = 'idle in transaction'"
-            ).fetchone()[0]
-            == 0
-        )
+        assert scalar(conn, "select count(*) from pg_stat_activity where state = 'idle in transaction'") == 0
 
 
 async def test_replay_delivers_recent_private_messages_first(server, db_dsn):
@@ -310,7 +307,7 @@ async def test_replay_delivers_recent_private_messages_first(server, db_dsn):
 
 async def test_sidecar_runs_as_the_least_privileged_role_the_readme_describes(make_server, db_dsn):
     """Not a superuser: BYPASSRLS, grant_access, maintain, and membership in the roles it switches to."""
-    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+    from psycopg.conninfo import make_conninfo
 
     role = f"sidecar_{uuid.uuid4().hex[:8]}"
     run_sql(db_dsn, POLICIES)
@@ -321,10 +318,8 @@ async def test_sidecar_runs_as_the_least_privileged_role_the_readme_describes(ma
             grant execute on function realtime.maintain(interval, integer) to {role};
             grant anon, authenticated, service_role to {role};""",
     )
-    params = conninfo_to_dict(db_dsn)
-    params["user"] = role
     try:
-        server = await make_server(make_conninfo(**params))
+        server = await make_server(make_conninfo(db_dsn, user=role))
         await server.server.database.maintain(server.server.settings.retention)
         ws, reply = await join_private(server, "room-rw", server.token("authenticated"))
         async with ws:

@@ -9,7 +9,8 @@ import time
 
 import aiohttp
 import pytest
-from pg_realtime.auth import sign
+
+from tests.harness import mint_token
 
 from .wire import RawSocket, reply_of
 
@@ -286,13 +287,10 @@ async def test_idle_socket_is_closed(make_server):
     [
         (lambda s: None, "API key is missing"),
         (lambda s: "garbage", "The token provided is not a valid JWT"),
-        (lambda s: sign({"role": "anon", "exp": int(time.time()) + 60}, "wrong-secret-" * 3), None),
-        (lambda s: sign({"role": "anon", "exp": int(time.time()) - 10}, s.secret), "Token has expired"),
-        (
-            lambda s: sign({"exp": int(time.time()) + 60}, s.secret),
-            "Fields `role` and `exp` are required in JWT",
-        ),
-        (lambda s: sign({"role": "anon"}, s.secret), "Fields `role` and `exp` are required in JWT"),
+        (lambda s: mint_token("wrong-secret-" * 3, expires_in=60), None),
+        (lambda s: s.token(expires_in=-10), "Token has expired"),
+        (lambda s: s.token(role=None, expires_in=60), "Fields `role` and `exp` are required in JWT"),
+        (lambda s: s.token(expires_in=None), "Fields `role` and `exp` are required in JWT"),
     ],
     ids=["missing", "garbage", "wrong-secret", "expired", "no-role", "no-exp"],
 )

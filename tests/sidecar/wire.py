@@ -19,7 +19,7 @@ class RawSocket:
     @classmethod
     async def connect(
         cls, base_url: str, token: str, vsn: str = "2.0.0", path: str = "/realtime/v1/websocket"
-    ):
+    ) -> RawSocket:
         session = aiohttp.ClientSession()
         try:
             ws = await session.ws_connect(f"{base_url}{path}?apikey={token}&vsn={vsn}", autoping=True)
@@ -95,9 +95,9 @@ class RawSocket:
 
 def _is_reply(frame: Any, ref: str) -> bool:
     if isinstance(frame, list):
-        return frame[3] == "phx_reply" and frame[1] == ref
+        return bool(frame[3] == "phx_reply" and frame[1] == ref)
     if isinstance(frame, dict):
-        return frame.get("event") == "phx_reply" and frame.get("ref") == ref
+        return bool(frame.get("event") == "phx_reply" and frame.get("ref") == ref)
     return False
 
 

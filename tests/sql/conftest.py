@@ -39,7 +39,7 @@ def notices(db: psycopg.Connection) -> Iterator[Notices]:
 def utc_today(conn: psycopg.Connection) -> dt.date:
     """The UTC day of the server's clock (the day partitions are named after)."""
     row = conn.execute("select pg_catalog.timezone('utc', pg_catalog.now())::date").fetchone()
-    assert row is not None
+    assert row is not None and isinstance(row[0], dt.date)
     return row[0]
 
 

@@ -11,6 +11,8 @@ import psycopg
 from pg_realtime.embedded import EmbeddedPostgres, pg_bindir
 from psycopg.conninfo import make_conninfo
 
+from tests.harness import scalar
+
 from .conftest import Notices, count, drop_partition, partition_name, partitions, utc_today
 
 DAY = dt.timedelta(days=1)
@@ -66,7 +68,7 @@ def test_messages_table(db: psycopg.Connection) -> None:
     ).fetchone()
     assert relation == ("p", True, False, "RANGE (inserted_at)")
     assert count(db, "select count(*) from pg_policy where polrelid = 'realtime.messages'::regclass") == 0
-    constraints = dict(
+    constraints: dict[str, str] = dict(
         db.execute(
             "select conname, pg_get_constraintdef(oid) from pg_constraint"
             " where conrelid = 'realtime.messages'::regclass and contype in ('p', 'c')"
@@ -76,7 +78,7 @@ def test_messages_table(db: psycopg.Connection) -> None:
         "messages_pkey": "PRIMARY KEY (id, inserted_at)",
         "messages_payload_exclusive": "CHECK (((payload IS NULL) OR (binary_payload IS NULL)))",
     }
-    indexes = dict(
+    indexes: dict[str, str] = dict(
         db.execute(
             "select c.relname, pg_get_indexdef(i.indexrelid) from pg_index i"
             " join pg_class c on c.oid = i.indexrelid where i.indrelid = 'realtime.messages'::regclass"
@@ -121,9 +123,9 @@ def test_function_signatures(db: psycopg.Connection) -> None:
     assert functions["broadcast_changes"][1:] == ("void", False, "plpgsql", "v")
     assert functions["topic"][1:] == ("text", False, "sql", "s")
     assert functions["maintain"][1:] == ("SETOF text", True, "plpgsql", "v")
-    config = db.execute(
-        "select proconfig from pg_proc where oid = 'realtime.maintain(interval, integer)'::regprocedure"
-    ).fetchone()[0]
+    config = scalar(
+        db, "select proconfig from pg_proc where oid = 'realtime.maintain(interval, integer)'::regprocedure"
+    )
     assert "search_path=pg_catalog, pg_temp" in config
 
 
@@ -141,7 +143,7 @@ def test_privileges(db: psycopg.Connection) -> None:
         ).fetchone()
         assert granted == (True, True, True, False, True, False, False)
     db.execute("create role someone")
-    executable = dict(
+    executable: dict[str, bool] = dict(
         db.execute(
             "select p.proname, has_function_privilege('someone', p.oid, 'execute')"
             " from pg_proc p where p.pronamespace = 'realtime'::regnamespace"
@@ -179,7 +181,7 @@ def test_every_object_has_a_comment(db: psycopg.Connection) -> None:
         "sequence realtime.messages_seq",
     } <= names
     assert [name for name, comment in members if not comment] == []
-    assert db.execute("select obj_description('realtime'::regnamespace, 'pg_namespace')").fetchone()[0]
+    assert scalar(db, "select obj_description('realtime'::regnamespace, 'pg_namespace')")
     uncommented = db.execute(
         "select attname from pg_attribute where attrelid = 'realtime.messages'::regclass"
         " and attnum > 0 and not attisdropped and col_description(attrelid, attnum) is null"

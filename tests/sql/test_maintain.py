@@ -9,6 +9,8 @@ import time
 import psycopg
 import pytest
 
+from tests.harness import scalar
+
 from .conftest import Notices, count, drop_partition, partition_name, partitions, utc_today
 
 DAY = dt.timedelta(days=1)
@@ -159,9 +161,11 @@ def test_stray_table_with_a_partition_name_is_reported(db: psycopg.Connection) -
 
 def test_not_executable_by_api_roles(db: psycopg.Connection) -> None:
     for role in ("anon", "authenticated", "service_role"):
-        allowed = db.execute(
-            "select has_function_privilege(%s, 'realtime.maintain(interval, integer)', 'execute')", (role,)
-        ).fetchone()[0]
+        allowed = scalar(
+            db,
+            "select has_function_privilege(%s, 'realtime.maintain(interval, integer)', 'execute')",
+            (role,),
+        )
         assert allowed is False
     db.execute("set role authenticated")
     with pytest.raises(psycopg.errors.InsufficientPrivilege):
@@ -287,7 +291,7 @@ def test_busy_default_partition_postpones_creation(db: psycopg.Connection, db_ds
         assert maintain(db) == [
             f"skipped creating {partition_name(today + 2 * DAY)} and later days: realtime.messages is busy"
         ]
-        exists = db.execute("select to_regclass(%s)", (partition_name(today + 2 * DAY),)).fetchone()[0]
+        exists = scalar(db, "select to_regclass(%s)", (partition_name(today + 2 * DAY),))
         assert exists is None  # the half-made table went with the failed step
         reader.commit()
     assert maintain(db) == [f"created {partition_name(today + n * DAY)}" for n in (2, 3)]

@@ -6,17 +6,20 @@ import json
 import random
 import threading
 import uuid
+from typing import Any
 
 import psycopg
 import pytest
 from psycopg.rows import dict_row
+
+from tests.harness import scalar
 
 from .conftest import WARN_PREFIX, Notices, count, drop_partition, partition_name, utc_today
 
 COLUMNS = "topic, extension, payload, event, private, updated_at, inserted_at, id, binary_payload, xid, seq"
 
 
-def messages(conn: psycopg.Connection) -> list[dict[str, object]]:
+def messages(conn: psycopg.Connection) -> list[dict[str, Any]]:
     """Every message, in delivery order: by transaction, then by send."""
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(f"select {COLUMNS} from realtime.messages order by xid, seq").fetchall()
@@ -24,8 +27,8 @@ def messages(conn: psycopg.Connection) -> list[dict[str, object]]:
 
 def test_send_row_shape(db: psycopg.Connection, notices: Notices) -> None:
     with db.transaction():
-        xid = db.execute("select pg_current_xact_id()::text").fetchone()[0]
-        now_utc = db.execute("select timezone('utc', now())").fetchone()[0]
+        xid = scalar(db, "select pg_current_xact_id()::text")
+        now_utc = scalar(db, "select timezone('utc', now())")
         db.execute("""select realtime.send('{"body": "hi"}', 'greet', 'room')""")
         db.execute("""select realtime.send('{"n": 2}', 'greet', 'room', private => false)""")
         db.execute("""select realtime.send('{"n": 3}', 'greet', 'room', false)""")
@@ -54,7 +57,7 @@ def test_send_row_shape(db: psycopg.Connection, notices: Notices) -> None:
 
 def test_xid_is_the_top_level_transaction_inside_savepoints(db: psycopg.Connection) -> None:
     with db.transaction():
-        xid = db.execute("select pg_current_xact_id()::text").fetchone()[0]
+        xid = scalar(db, "select pg_current_xact_id()::text")
         with db.transaction():  # a savepoint, around send()'s own subtransaction
             db.execute("select realtime.send('{}', 'e', 'room')")
             db.execute("select realtime.send_binary('\\x00', 'e', 'room')")
@@ -72,10 +75,10 @@ def test_timestamps_are_utc_whatever_the_session_time_zone(db: psycopg.Connectio
     db.execute("set timezone = 'Pacific/Kiritimati'")  # UTC+14: usually another calendar day
     with db.transaction():
         db.execute("select realtime.send('{}', 'e', 'room')")
-        expected = db.execute("select timezone('utc', now())").fetchone()[0]
+        expected = scalar(db, "select timezone('utc', now())")
     (row,) = messages(db)
     assert row["inserted_at"] == expected
-    assert db.execute("select tableoid::regclass::text from realtime.messages").fetchone()[0] == (
+    assert scalar(db, "select tableoid::regclass::text from realtime.messages") == (
         partition_name(expected.date())
     )
 
@@ -103,11 +106,11 @@ def test_payload_and_binary_payload_are_exclusive(db: psycopg.Connection) -> Non
 
 
 def test_topic_is_set_for_the_rest_of_the_transaction(db: psycopg.Connection) -> None:
-    assert db.execute("select realtime.topic()").fetchone()[0] is None
+    assert scalar(db, "select realtime.topic()") is None
     with db.transaction():
         db.execute("select realtime.send('{}', 'e', 'room-1')")
-        assert db.execute("select realtime.topic()").fetchone()[0] == "room-1"
-    assert db.execute("select realtime.topic()").fetchone()[0] is None
+        assert scalar(db, "select realtime.topic()") == "room-1"
+    assert scalar(db, "select realtime.topic()") is None
 
 
 @pytest.fixture
@@ -230,7 +233,7 @@ def test_concurrent_transactions_all_land(db: psycopg.Connection, db_dsn: str) -
     for n in range(writers):
         assert sum(1 for r in rows if r["payload"]["writer"] == n) == expected[n]
     # Within each transaction, seq follows the order of the sends.
-    by_xid: dict[str, list[dict[str, object]]] = {}
+    by_xid: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         by_xid.setdefault(str(row["xid"]), []).append(row)
     for group in by_xid.values():
