@@ -27,13 +27,13 @@ volatile
 security invoker
 as $$
 declare
-    v_new_t text;
-    v_old_t text;
-    v_topic text;
+    v_old_t text := 'null::text';
+    v_new_t text := 'null::text';
+    v_topics text;
     v_rows text;
-    v_nulls bigint;
-    v_guarded bigint;
     v_count bigint;
+    v_longest text;
+    v_sent bigint;
     v_refusal text;
 begin
     if tg_level <> 'STATEMENT' then
@@ -42,91 +42,85 @@ begin
     if tg_nargs not in (1, 2) then
         raise exception 'broadcast_changes_statement: arguments are a topic, or a topic prefix and a column name';
     end if;
+    if tg_op not in ('INSERT', 'UPDATE', 'DELETE') then
+        raise exception 'broadcast_changes_statement: Unexpected operation type: %', tg_op;
+    end if;
 
     -- Each changed row as (ord, old_record, record, topic), in the order of the change. The
-    -- transition tables keep that order, and an UPDATE's old and new rows pair up by position.
-    -- The rows are taken whole as n.* and o.*, which no column name can shadow; t is the topic
-    -- column's value as text (null without one), and the topic its prefix followed by t.
+    -- transition tables keep that order, and an UPDATE's old and new rows pair up by position,
+    -- so the arrays built from them are zipped by ROWS FROM. Rows are taken whole as o.* and n.*,
+    -- which no column name can shadow; the topic is the prefix followed by the column's value
+    -- as text, the new row's unless that is null.
     if tg_nargs = 2 then
-        v_topic := pg_catalog.quote_literal(tg_argv[0]) || ' || coalesce(n.t, o.t)';
-        v_new_t := pg_catalog.format('n.%I::text', tg_argv[1]);
         v_old_t := pg_catalog.format('o.%I::text', tg_argv[1]);
-    else
-        v_topic := pg_catalog.quote_literal(tg_argv[0]);
-        v_new_t := 'null';
-        v_old_t := 'null';
+        v_new_t := pg_catalog.format('n.%I::text', tg_argv[1]);
     end if;
-    case tg_op
-        when 'INSERT' then
-            v_rows := pg_catalog.format(
-                'select n.ord, null::jsonb as old_record, n.j as record, %s as topic'
-                ' from (select pg_catalog.row_number() over () as ord, pg_catalog.to_jsonb(n.*) as j,'
-                ' %s as t from new_rows as n) as n, (select null::text as t) as o',
-                v_topic, v_new_t
-            );
-        when 'DELETE' then
-            v_rows := pg_catalog.format(
-                'select o.ord, o.j as old_record, null::jsonb as record, %s as topic'
-                ' from (select pg_catalog.row_number() over () as ord, pg_catalog.to_jsonb(o.*) as j,'
-                ' %s as t from old_rows as o) as o, (select null::text as t) as n',
-                v_topic, v_old_t
-            );
-        when 'UPDATE' then
-            v_rows := pg_catalog.format(
-                'select o.ord, o.j as old_record, n.j as record, %s as topic'
-                ' from (select pg_catalog.row_number() over () as ord, pg_catalog.to_jsonb(o.*) as j,'
-                ' %s as t from old_rows as o) as o'
-                ' inner join (select pg_catalog.row_number() over () as ord, pg_catalog.to_jsonb(n.*) as j,'
-                ' %s as t from new_rows as n) as n on o.ord = n.ord',
-                v_topic, v_old_t, v_new_t
-            );
-        else
-            raise exception 'broadcast_changes_statement: Unexpected operation type: %', tg_op;
-    end case;
-
-    -- Rows whose insert send() would guard: if any, every row goes through send(), in order.
+    v_rows := pg_catalog.format(
+        'select u.ord, u.old_record, u.record, %L%s as topic'
+        ' from rows from (pg_catalog.unnest(%s), pg_catalog.unnest(%s), pg_catalog.unnest(%s),'
+        ' pg_catalog.unnest(%s)) with ordinality as u (old_record, record, old_t, new_t, ord)',
+        tg_argv[0],
+        case when tg_nargs = 2 then ' || coalesce(u.new_t, u.old_t)' else '' end,
+        case when tg_op = 'INSERT' then 'null::jsonb[]' else 'array(select pg_catalog.to_jsonb(o.*) from old_rows as o)' end,
+        case when tg_op = 'DELETE' then 'null::jsonb[]' else 'array(select pg_catalog.to_jsonb(n.*) from new_rows as n)' end,
+        case when tg_op = 'INSERT' then 'null::text[]' else pg_catalog.format('array(select %s from old_rows as o)', v_old_t) end,
+        case when tg_op = 'DELETE' then 'null::text[]' else pg_catalog.format('array(select %s from new_rows as n)', v_new_t) end
+    );
+    -- How many rows changed, and the longest topic value (old or new): whether send() would
+    -- guard any of the inserts, without building a single payload.
+    v_topics := case tg_op
+        when 'INSERT' then pg_catalog.format('select %s as t from new_rows as n', v_new_t)
+        when 'DELETE' then pg_catalog.format('select %s as t from old_rows as o', v_old_t)
+        else pg_catalog.format(
+            'select %s as t from new_rows as n union all select %s from old_rows as o', v_new_t, v_old_t
+        )
+    end;
     execute pg_catalog.format(
-        'select pg_catalog.count(*), pg_catalog.count(*) filter (where c.topic is null),'
-        ' pg_catalog.count(*) filter (where realtime.insert_needs_guard(c.topic, true, 0))'
-        ' from (%s) as c',
-        v_rows
-    ) into v_count, v_nulls, v_guarded;
-    if v_guarded > 0 then
+        'select pg_catalog.count(*) from %s', case when tg_op = 'DELETE' then 'old_rows' else 'new_rows' end
+    ) into v_count;
+    if tg_nargs = 2 then
+        execute pg_catalog.format(
+            'select c.t from (%s) as c order by pg_catalog.octet_length(c.t) desc nulls last limit 1', v_topics
+        ) into v_longest;
+    end if;
+    if realtime.insert_needs_guard(tg_argv[0] || coalesce(v_longest, ''), true, 0) then
+        -- Each row through send(), in order: its policies see its own topic.
         execute pg_catalog.format(
             'select realtime.send(pg_catalog.jsonb_build_object(''old_record'', c.old_record,'
             ' ''record'', c.record, ''operation'', $1, ''table'', $2, ''schema'', $3), $1, c.topic)'
-            ' from (%s order by ord) as c',
+            ' from (%s order by u.ord) as c',
             v_rows
         ) using tg_op, tg_table_name, tg_table_schema;
         return null;
     end if;
 
-    -- What send() would refuse every message for (a read-only transaction, privileges), then
-    -- what it refuses a row with a null topic for: one warning per message, as send() gives.
+    -- What send() would refuse every message for (a read-only transaction, privileges): one
+    -- warning per message, as send() gives.
     v_refusal := realtime.insert_refusal('');
     if v_refusal is not null then
-        v_nulls := v_count;
-    else
-        v_refusal := realtime.insert_refusal(null);
-    end if;
-    for i in 1..v_nulls loop
-        raise warning 'WarnSendingBroadcastMessage: %', v_refusal;
-    end loop;
-    if v_nulls = v_count then
+        for i in 1..v_count loop
+            raise warning 'WarnSendingBroadcastMessage: %', v_refusal;
+        end loop;
         return null;
     end if;
 
-    -- One INSERT for the statement. The ids are drawn per row (a volatile function keeps the
-    -- subquery from being merged), and the rows go in change order, so seq follows it.
+    -- One INSERT for the statement, rows whose topic column is null left out. The ids are drawn
+    -- per row (a volatile function keeps the subquery from being merged), and the rows go in
+    -- change order, so seq follows it.
     execute pg_catalog.format(
         'insert into realtime.messages (id, payload, event, topic, private, extension)'
         ' select m.id, pg_catalog.jsonb_build_object(''id'', m.id, ''old_record'', m.old_record,'
         ' ''record'', m.record, ''operation'', $1, ''table'', $2, ''schema'', $3), $1, m.topic, true,'
         ' ''broadcast'''
-        ' from (select realtime.message_id() as id, c.* from (%s order by ord) as c'
+        ' from (select realtime.message_id() as id, c.* from (%s order by u.ord) as c'
         ' where c.topic is not null) as m',
         v_rows
     ) using tg_op, tg_table_name, tg_table_schema;
+    get diagnostics v_sent = row_count;
+    -- The rows left out get send()'s warning for a null topic.
+    for i in 1..(v_count - v_sent) loop
+        raise warning 'WarnSendingBroadcastMessage: %', realtime.insert_refusal(null);
+    end loop;
     return null;
 end;
 $$;
