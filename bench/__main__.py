@@ -20,6 +20,7 @@ from ._harness import ROOT, Context, Postgres, Result, machine
 BENCHMARKS = {
     "send": "bench.send",
     "sendcost": "bench.sendcost",
+    "bulk": "bench.bulk",
     "latency": "bench.latency",
     "fanout": "bench.fanout",
     "connections": "bench.connections",

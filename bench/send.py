@@ -4,13 +4,22 @@ pgbench runs one single-statement transaction per send, with 1 and 8 concurrent 
 
 * **plain INSERT** (baseline): the same row into an unpartitioned table with Supabase's
   message columns and primary key, and nothing else;
-* **send()**: ``realtime.send()`` (exception block, payload id, daily partition, xid8 index);
-* **send() + sidecar**: the same while ``pg-realtime serve`` polls for new rows every 5 ms and
-  reads every row sent: our wake-up mechanism, and what it costs the writers;
+* **send()**: ``realtime.send()`` (checks, payload id, daily partition, xid8 index; no
+  subtransaction);
+* **Supabase's send()**: Supabase's own ``send()`` and ``messages`` table (``supabase_send.sql``,
+  schema ``supabase_realtime``): the anchor;
+* **send() + sidecar**: ``realtime.send()`` while ``pg-realtime serve`` polls for new rows every
+  5 ms and reads every row sent: our wake-up mechanism, and what it costs the writers;
+* **send() under RLS** and **Supabase's send() under RLS**: both as the role ``authenticated``
+  with an INSERT policy that lets it write: ours takes its guarded path (a subtransaction per
+  send, as Supabase's always does), so this is what the guard costs;
 * **INSERT + NOTIFY**: the naive design, the plain INSERT with an AFTER INSERT trigger calling
   ``pg_notify`` (and a session LISTENing): the wake-up that costs every send a commit-time lock.
 
-Variants are interleaved, and each run starts from empty tables after a CHECKPOINT.
+Each round runs every variant for a slice of its time in the order A B C ... C B A, so that a
+slow spell of the shared machine falls on all of them alike; each writer count starts from
+empty tables after a CHECKPOINT. WAL bytes per send are the WAL written during a variant's
+slices over the transactions they ran.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 
@@ -58,7 +68,12 @@ def plain_table(name: str) -> str:
 
 _SETUP = (
     plain_table("bench_plain")
+    + (Path(__file__).parent / "supabase_send.sql").read_text()
     + """
+grant usage on schema supabase_realtime to authenticated;
+grant insert on supabase_realtime.messages to authenticated;
+create policy bench_writers on supabase_realtime.messages for insert to authenticated with check (true);
+create policy bench_writers on realtime.messages for insert to authenticated with check (true);
 create table bench_notify (like bench_plain including all);
 create function bench_notify_trigger() returns trigger language plpgsql as $$
 begin
@@ -80,22 +95,34 @@ def insert_script(table: str) -> str:
     )
 
 
-SEND_SCRIPT = (
-    f"\\set n random(0, 99)\nselect realtime.send('{PAYLOAD}'::jsonb, 'bench', 'topic-' || :n, false);\n"
-)
+def send_script(function: str) -> str:
+    return f"\\set n random(0, 99)\nselect {function}('{PAYLOAD}'::jsonb, 'bench', 'topic-' || :n, false);\n"
+
+
+SEND_SCRIPT = send_script("realtime.send")
+SUPABASE_SCRIPT = send_script("supabase_realtime.send")
 
 SCRIPTS = {
     "plain": insert_script("bench_plain"),
     "send": SEND_SCRIPT,
+    "supabase": SUPABASE_SCRIPT,
+    "send+sidecar": SEND_SCRIPT,
+    "send+rls": SEND_SCRIPT,
+    "supabase+rls": SUPABASE_SCRIPT,
     "notify": insert_script("bench_notify"),
 }
 LABELS = {
     "plain": "plain INSERT (baseline)",
     "send": "`realtime.send()`",
+    "supabase": "Supabase's `send()` on Supabase's table",
     "send+sidecar": "`realtime.send()` + sidecar polling every 5 ms",
+    "send+rls": "`realtime.send()` under RLS (guarded path)",
+    "supabase+rls": "Supabase's `send()` under RLS",
     "notify": "INSERT + `pg_notify` trigger (naive)",
 }
-ORDER = ("plain", "send", "send+sidecar", "notify")
+ORDER = ("plain", "send", "supabase", "send+sidecar", "send+rls", "supabase+rls", "notify")
+#: Sessions of these variants run as ``authenticated``, so row-level security applies to them.
+AS_AUTHENTICATED = {"send+rls", "supabase+rls"}
 
 
 @contextlib.contextmanager
@@ -124,23 +151,39 @@ def _tps(results: list[PgbenchResult]) -> float:
     return sum(r.transactions for r in results) / sum(r.transactions / r.tps for r in results if r.tps)
 
 
-async def _slice(ctx: Context, dsn: str, variant: str, writers: int, seconds: float) -> PgbenchResult:
+def _wal_lsn(dsn: str) -> int:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("select pg_current_wal_insert_lsn() - '0/0'::pg_lsn").fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+async def _slice(
+    ctx: Context, dsn: str, variant: str, writers: int, seconds: float
+) -> tuple[PgbenchResult, int]:
+    """One slice of ``variant``, and the WAL bytes written meanwhile."""
+    options = "-c role=authenticated" if variant in AS_AUTHENTICATED else ""
+
+    def run() -> PgbenchResult:
+        return pgbench(ctx.pg, DB, SCRIPTS[variant], writers, seconds, None, ctx.workdir, options)
+
     if variant == "send+sidecar":
         async with realtime_server(dsn, ctx.workdir):
-            return await asyncio.to_thread(
-                pgbench, ctx.pg, DB, SCRIPTS["send"], writers, seconds, None, ctx.workdir
-            )
+            start = _wal_lsn(dsn)
+            result = await asyncio.to_thread(run)
+            return result, _wal_lsn(dsn) - start
+    start = _wal_lsn(dsn)
     if variant == "notify":
         with listening(dsn):
-            return await asyncio.to_thread(
-                pgbench, ctx.pg, DB, SCRIPTS["notify"], writers, seconds, None, ctx.workdir
-            )
-    return await asyncio.to_thread(pgbench, ctx.pg, DB, SCRIPTS[variant], writers, seconds, None, ctx.workdir)
+            result = await asyncio.to_thread(run)
+    else:
+        result = await asyncio.to_thread(run)
+    return result, _wal_lsn(dsn) - start
 
 
 def _reset(dsn: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("truncate bench_plain, bench_notify, realtime.messages")
+        conn.execute("truncate bench_plain, bench_notify, realtime.messages, supabase_realtime.messages")
         conn.execute("checkpoint")
 
 
@@ -152,25 +195,34 @@ async def run(ctx: Context) -> Result:
         conn.execute(_SETUP)
     writer_counts = (1, 8)
     runs: dict[tuple[str, int], list[PgbenchResult]] = {(v, w): [] for v in ORDER for w in writer_counts}
+    wal: dict[tuple[str, int], int] = dict.fromkeys(runs, 0)
     for writers in writer_counts:
         _reset(dsn)
-        for round_no in range(rounds):
-            # Each variant runs a slice of its time in every round, in a rotating order, so that
-            # a slow spell of the shared disk falls on all of them alike.
-            shift = round_no % len(ORDER)
-            for variant in ORDER[shift:] + ORDER[:shift]:
-                runs[variant, writers].append(await _slice(ctx, dsn, variant, writers, seconds / rounds))
+        for _round in range(rounds):
+            # A B C ... C B A: each variant runs two half-slices per round, placed symmetrically,
+            # so that a drift of the shared machine within the round falls on all of them alike.
+            for variant in ORDER + ORDER[::-1]:
+                result, wal_bytes = await _slice(ctx, dsn, variant, writers, seconds / rounds / 2)
+                runs[variant, writers].append(result)
+                wal[variant, writers] += wal_bytes
         for variant in ORDER:
             log(f"send: {variant} x{writers}: {_tps(runs[variant, writers]):,.0f} tps")
 
-    def ratio(variant: str, writers: int) -> float:
-        return _tps(runs[variant, writers]) / _tps(runs["plain", writers])
+    def ratio(variant: str, writers: int, base: str = "plain") -> float:
+        return _tps(runs[variant, writers]) / _tps(runs[base, writers])
 
-    def spread(variant: str, writers: int) -> str:
-        per_round = [
-            r.tps / b.tps for r, b in zip(runs[variant, writers], runs["plain", writers], strict=True)
-        ]
+    def spread(variant: str, writers: int, base: str = "plain") -> str:
+        # Per round: its two half-slices of the variant against those of the base.
+        half = len(runs[variant, writers]) // rounds
+        per_round = []
+        for r in range(rounds):
+            mine = runs[variant, writers][r * half : (r + 1) * half]
+            theirs = runs[base, writers][r * half : (r + 1) * half]
+            per_round.append(_tps(mine) / _tps(theirs))
         return f"{min(per_round):.2f}-{max(per_round):.2f}"
+
+    def wal_per_send(variant: str, writers: int) -> float:
+        return wal[variant, writers] / sum(r.transactions for r in runs[variant, writers])
 
     rows = []
     for variant in ORDER:
@@ -181,29 +233,61 @@ async def run(ctx: Context) -> Result:
                 f"**{ratio(variant, writers):.2f}**",
                 spread(variant, writers),
             ]
+        row.append(f"{wal_per_send(variant, 8):.0f}")
         rows.append(row)
     headers = ["transaction"]
     for writers in writer_counts:
         headers += [f"tps, {writers} writer{'s' if writers > 1 else ''}", "ratio", "ratio per round"]
-    ratio8 = ratio("send+sidecar", 8)
+    headers.append("WAL bytes per send, 8 writers")
+    pairs = [
+        ("`realtime.send()` ÷ Supabase's `send()`", "send", "supabase"),
+        ("the same, both under RLS", "send+rls", "supabase+rls"),
+        ("`realtime.send()` under RLS ÷ without (the guard's cost)", "send+rls", "send"),
+    ]
+    pair_rows = []
+    for label, mine, theirs in pairs:
+        row = [label]
+        for writers in writer_counts:
+            row += [f"**{ratio(mine, writers, theirs):.2f}**", spread(mine, writers, theirs)]
+        row.append(f"{wal_per_send(mine, 8) / wal_per_send(theirs, 8):.2f}")
+        pair_rows.append(row)
+    pair_headers = ["comparison"]
+    for writers in writer_counts:
+        pair_headers += [f"tps ratio, {writers} writer{'s' if writers > 1 else ''}", "per round"]
+    pair_headers.append("WAL ratio, 8 writers")
+    sidecar8 = ratio("send+sidecar", 8)
+    alone8 = ratio("send", 8)
+    anchor8 = ratio("send", 8, "supabase")
+    wal_ratio = wal_per_send("send", 8) / wal_per_send("supabase", 8)
     notify8 = ratio("notify", 8)
     markdown = (
         f"pgbench `-M prepared`, {seconds:.0f} s per transaction kind and writer count, run as {rounds} "
-        "slices interleaved with the other kinds; one send per transaction, durable commits "
-        f"(`synchronous_commit = on`), 100 topics, a {len(PAYLOAD)}-byte payload. The ratio is to the "
-        "plain INSERT over the same rounds; 'per round' shows how far single slices scatter on this "
-        "machine's disk.\n\n" + md_table(headers, rows)
-    )
-    verdict = (
-        f"send() with the sidecar polling: {ratio8:.2f} of plain INSERT at 8 writers (target >= 0.85: "
-        f"{'met' if ratio8 >= 0.85 else 'NOT met'}); INSERT + NOTIFY: {notify8:.2f}"
+        "rounds of two half-slices in the order A B C ... C B A; one send per transaction, durable "
+        f"commits (`synchronous_commit = on`), 100 topics, a {len(PAYLOAD)}-byte payload, public "
+        "messages. The ratio is to the plain INSERT over the same rounds; 'per round' shows how far "
+        "single rounds scatter on this machine's disk. WAL bytes include full-page images (each "
+        "writer count starts after a CHECKPOINT, on empty tables).\n\n"
+        + md_table(headers, rows)
+        + "\n\n"
+        + md_table(pair_headers, pair_rows)
     )
 
-    fig, ax = figure(9, 4.5)
-    width = 0.2
-    colors = ["#999999", "#3b7dd8", "#2a9d5c", "#d9822b"]
+    def met(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    verdict = (
+        f"8 writers: send() {alone8:.2f} of plain INSERT alone (target >= 0.92: {met(alone8 >= 0.92)}), "
+        f"{sidecar8:.2f} with the sidecar polling (target >= 0.90: {met(sidecar8 >= 0.90)}); "
+        f"{anchor8:.2f} of Supabase's send() (target >= 1.15: {met(anchor8 >= 1.15)}); "
+        f"WAL per send {wal_ratio:.2f} of Supabase's (target <= 1.0: {met(wal_ratio <= 1.0)}); "
+        f"INSERT + NOTIFY: {notify8:.2f}"
+    )
+
+    fig, ax = figure(10, 4.5)
+    width = 0.12
+    colors = ["#999999", "#3b7dd8", "#8e44ad", "#2a9d5c", "#6fa8dc", "#c39bd3", "#d9822b"]
     for i, variant in enumerate(ORDER):
-        xs = [w + (i - 1.5) * width for w in range(len(writer_counts))]
+        xs = [w + (i - (len(ORDER) - 1) / 2) * width for w in range(len(writer_counts))]
         values = [_tps(runs[variant, w]) for w in writer_counts]
         bars = ax.bar(xs, values, width, label=LABELS[variant].replace("`", ""), color=colors[i])
         for bar, w in zip(bars, writer_counts, strict=True):

@@ -7,8 +7,11 @@ transaction does; each step adds one thing ``send()`` does to the step before it
 2. the same table with the reader's ``xid`` and ``seq`` columns and the ``xid`` index;
 3. an INSERT straight into ``realtime.messages`` (partition routing, the partial replay
    index, the payload check);
-4. that INSERT inside a PL/pgSQL exception block (a subtransaction), as ``send()`` does;
-5. ``realtime.send()`` itself (adds the payload ``id`` with ``jsonb_set`` and ``set_config``).
+4. that INSERT inside a PL/pgSQL exception block (a subtransaction), as Supabase's ``send()``
+   does and ours does only under row-level security;
+5. ``realtime.send()`` itself: the INSERT from PL/pgSQL without the exception block, plus its
+   checks, the payload ``id`` (``jsonb_set``) and ``set_config``; the change from the row above
+   is what dropping the subtransaction and adding those bought together.
 
 8 writers, interleaved 2-second slices. This is a breakdown for whoever tunes the SQL, not a
 target: bench.send measures what users get, with durable commits.
@@ -57,7 +60,7 @@ STEPS = (
         f"\\set n random(0, 99)\nselect cost_wrapped('{PAYLOAD}'::jsonb, 'bench', 'topic-' || :n);\n",
     ),
     (
-        "`realtime.send()` (+ payload id, set_config)",
+        "`realtime.send()` (checks, payload id, set_config; no exception block)",
         SEND_SCRIPT,
     ),
 )

@@ -199,14 +199,22 @@ def _is_broadcast(frame: Any) -> bool:
     return bool((frame[3] if isinstance(frame, list) else frame.get("event")) == "broadcast")
 
 
-def writer(dsn: str, writer_id: int, topics: list[str], transactions: int, seed: int, stop_at: float) -> None:
-    """Sequential transactions of 1-3 sends; about 10% rolled back on purpose."""
+def writer(
+    dsn: str,
+    writer_id: int,
+    topics: list[str],
+    transactions: int,
+    seed: int,
+    stop_at: float,
+    sends: tuple[int, int] = (1, 3),
+) -> None:
+    """Sequential transactions of ``sends`` (1-3) sends; about 10% rolled back on purpose."""
     rng = random.Random(seed)
     with psycopg.connect(dsn) as conn:
         for tx in range(transactions):
             if time.monotonic() > stop_at:
                 break
-            for k in range(rng.randint(1, 3)):
+            for k in range(rng.randint(*sends)):
                 conn.execute(
                     "select realtime.send(jsonb_build_object('w', %s::int, 'tx', %s::int, 'k', %s::int),"
                     " 'e', %s, false)",
@@ -264,6 +272,12 @@ async def test_torture_concurrent_writers_rollbacks_and_long_transactions(make_s
     threads = [
         threading.Thread(target=writer, args=(db_dsn, w, topics, 250, 1000 + w, stop_at)) for w in range(8)
     ]
+    # Two more writers send 65-100 messages per transaction: more than the 64 subtransactions
+    # a snapshot can list, had each send taken one.
+    threads += [
+        threading.Thread(target=writer, args=(db_dsn, w, topics, 12, 1000 + w, stop_at, (65, 100)))
+        for w in (8, 9)
+    ]
     for t in threads:
         t.start()
     await asyncio.sleep(0.5)  # many reads happen while both long transactions stay open
@@ -276,6 +290,12 @@ async def test_torture_concurrent_writers_rollbacks_and_long_transactions(make_s
 
     total = run_sql(db_dsn, "select count(*) from realtime.messages where topic like 'torture-%'")[0][0]
     assert total > 1000
+    big = run_sql(
+        db_dsn,
+        "select count(*) from (select xid from realtime.messages where topic like 'torture-%'"
+        " group by xid having count(*) > 64) as t",
+    )[0][0]
+    assert big >= 2
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if all(sum(len(v) for v in sub.received.values()) >= total for sub in subscribers):

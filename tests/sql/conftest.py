@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import psycopg
 import pytest
@@ -62,3 +62,16 @@ def count(conn: psycopg.Connection, sql: str, params: tuple[object, ...] = ()) -
     row = conn.execute(sql, params).fetchone()
     assert row is not None
     return int(row[0])
+
+
+def xids_taken(conn: psycopg.Connection, work: Callable[[], object]) -> int:
+    """How many transaction ids (top-level and subtransaction) ``work`` takes in one transaction.
+
+    Transaction ids are handed out in order, so the ids read in a transaction before and in one
+    after enclose exactly those taken in between (the suite's cluster runs one test at a time).
+    """
+    before = count(conn, "select pg_current_xact_id()::text::bigint")
+    with conn.transaction():
+        work()
+    after = count(conn, "select pg_current_xact_id()::text::bigint")
+    return after - before - 1

@@ -39,7 +39,11 @@ EXPECTED_FUNCTIONS = {
         "topic_name text, event_name text, operation text, table_name text, table_schema text,"
         " new record, old record, level text DEFAULT 'ROW'::text"
     ),
+    "broadcast_changes_statement": "",
     "topic": "",
+    "message_id": "",
+    "insert_needs_guard": "topic text, private boolean, payload_size integer",
+    "insert_refusal": "topic text",
     "maintain": "retention interval DEFAULT '3 days'::interval, premake integer DEFAULT 3",
     "grant_access": "role_name name",
     "messages_partitions": "",
@@ -121,7 +125,12 @@ def test_function_signatures(db: psycopg.Connection) -> None:
     assert functions["send"][1:] == ("void", False, "plpgsql", "v")
     assert functions["send_binary"][1:] == ("void", False, "plpgsql", "v")
     assert functions["broadcast_changes"][1:] == ("void", False, "plpgsql", "v")
+    assert functions["broadcast_changes_statement"][1:] == ("trigger", False, "plpgsql", "v")
     assert functions["topic"][1:] == ("text", False, "sql", "s")
+    # The helpers of the send path are LANGUAGE sql, so that the planner inlines them.
+    assert functions["message_id"][1:] == ("uuid", False, "sql", "v")
+    assert functions["insert_needs_guard"][1:] == ("boolean", False, "sql", "s")
+    assert functions["insert_refusal"][1:] == ("text", False, "sql", "s")
     assert functions["maintain"][1:] == ("SETOF text", True, "plpgsql", "v")
     config = scalar(
         db, "select proconfig from pg_proc where oid = 'realtime.maintain(interval, integer)'::regprocedure"
@@ -153,7 +162,11 @@ def test_privileges(db: psycopg.Connection) -> None:
         "send": True,
         "send_binary": True,
         "broadcast_changes": True,
+        "broadcast_changes_statement": True,
         "topic": True,
+        "message_id": True,
+        "insert_needs_guard": True,
+        "insert_refusal": True,
         "messages_partitions": True,
         "maintain": False,
         "grant_access": False,
@@ -173,8 +186,8 @@ def test_every_object_has_a_comment(db: psycopg.Connection) -> None:
              and d.refobjid = (select oid from pg_extension where extname = 'realtime')"""
     ).fetchall()
     names = {name for name, _ in members}
-    # 7 functions, the table, its default partition, its sequence, and the daily partitions.
-    assert len(members) == 10 + len(partitions(db))
+    # 11 functions, the table, its default partition, its sequence, and the daily partitions.
+    assert len(members) == 14 + len(partitions(db))
     assert {
         "table realtime.messages",
         "table realtime.messages_default",

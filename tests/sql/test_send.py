@@ -14,7 +14,7 @@ from psycopg.rows import dict_row
 
 from tests.harness import scalar
 
-from .conftest import WARN_PREFIX, Notices, count, drop_partition, partition_name, utc_today
+from .conftest import WARN_PREFIX, Notices, count, drop_partition, partition_name, utc_today, xids_taken
 
 COLUMNS = "topic, extension, payload, event, private, updated_at, inserted_at, id, binary_payload, xid, seq"
 
@@ -252,7 +252,163 @@ def test_write_path_has_no_notify(db: psycopg.Connection) -> None:
     assert triggers == 0
     sources = db.execute(
         "select prosrc from pg_proc where pronamespace = 'realtime'::regnamespace"
-        " and proname in ('send', 'send_binary', 'broadcast_changes')"
+        " and proname in ('send', 'send_binary', 'broadcast_changes', 'broadcast_changes_statement')"
     ).fetchall()
-    assert len(sources) == 3
+    assert len(sources) == 4
     assert not any("notify" in source.lower() for (source,) in sources)
+
+
+# -- no subtransactions on the common path ------------------------------------------------------
+
+
+def test_a_hundred_sends_take_one_transaction_id(db: psycopg.Connection, notices: Notices) -> None:
+    def hundred_sends() -> None:
+        for n in range(100):
+            db.execute("select realtime.send(jsonb_build_object('n', %s::int), 'e', 'room')", (n,))
+
+    # More than 64 subtransactions would overflow every snapshot taken while this one runs.
+    assert xids_taken(db, hundred_sends) == 1
+    assert len(messages(db)) == 100
+    assert notices.warnings == []
+
+
+def test_a_hundred_binary_sends_take_one_transaction_id(db: psycopg.Connection) -> None:
+    def hundred_sends() -> None:
+        for _ in range(100):
+            db.execute("select realtime.send_binary('\\x00ff'::bytea, 'e', 'room', false)")
+
+    assert xids_taken(db, hundred_sends) == 1
+    assert len(messages(db)) == 100
+
+
+def test_refused_sends_take_no_transaction_id(db: psycopg.Connection, notices: Notices) -> None:
+    def refused() -> None:
+        db.execute("select realtime.send('{}', 'e', null)")
+        db.execute("select realtime.send_binary('\\x00', 'e', null)")
+
+    assert xids_taken(db, refused) == 0
+    assert len(notices.warnings) == 2
+
+
+@pytest.mark.usefixtures("room_policy")
+def test_a_caller_under_row_level_security_takes_the_guarded_path(db: psycopg.Connection) -> None:
+    # Its INSERT policies must run inside the insert: each send is a subtransaction, as on Supabase.
+    def hundred_sends() -> None:
+        db.execute("set local role authenticated")
+        for _ in range(100):
+            db.execute("select realtime.send('{}', 'e', 'room')")
+
+    assert xids_taken(db, hundred_sends) == 101
+    assert len(messages(db)) == 100
+
+
+def test_message_ids_are_time_ordered_version_7_uuids(db: psycopg.Connection) -> None:
+    with db.transaction():
+        db.execute("select realtime.send('{}', 'e', 'room')")
+        db.execute("select pg_sleep(0.002)")
+        db.execute("select realtime.send('{}', 'e', 'room')")
+        started = scalar(db, "select extract(epoch from clock_timestamp())")
+    first, second = (r["id"] for r in messages(db))
+    assert first.version == second.version == 7
+    assert first.variant == uuid.RFC_4122
+    assert first < second
+    # The first 48 bits are the Unix time in milliseconds.
+    assert abs(int(first.hex[:12], 16) / 1000 - float(started)) < 5
+
+
+# -- what send() refuses without raising, checked before it inserts ------------------------------
+
+
+def test_payloads_that_cannot_take_an_id_are_warnings(db: psycopg.Connection, notices: Notices) -> None:
+    db.execute("select realtime.send('[1, 2]', 'e', 'room')")
+    db.execute("select realtime.send('\"text\"', 'e', 'room')")
+    db.execute("select realtime.send('[\"id\"]', 'e', 'room')")  # has "id" (as jsonb's ? sees it): kept
+    db.execute("select realtime.send(null, 'e', 'room')")  # stored without a payload, as on Supabase
+    assert notices.warnings == [
+        WARN_PREFIX + 'path element at position 1 is not an integer: "id"',
+        WARN_PREFIX + "cannot set path in scalar",
+    ]
+    assert [r["payload"] for r in messages(db)] == [["id"], None]
+
+
+def test_read_only_transaction_is_a_warning(db: psycopg.Connection, notices: Notices) -> None:
+    with db.transaction():
+        db.execute("set transaction read only")
+        db.execute("select realtime.send('{}', 'e', 'room')")
+        db.execute("select realtime.send_binary('\\x00', 'e', 'room')")
+        assert scalar(db, "select realtime.topic()") is None
+    assert messages(db) == []
+    assert notices.warnings == [WARN_PREFIX + "cannot execute INSERT in a read-only transaction"] * 2
+
+
+def test_missing_sequence_privilege_is_a_warning(db: psycopg.Connection, notices: Notices) -> None:
+    db.execute("create role inserter")
+    db.execute("grant insert on realtime.messages to inserter")  # but not the sequence behind seq
+    db.execute("set role inserter")
+    db.execute("select realtime.send('{}', 'e', 'room')")
+    db.execute("select realtime.send_binary('\\x00', 'e', 'room')")
+    db.execute("reset role")
+    assert messages(db) == []
+    assert notices.warnings == [WARN_PREFIX + "permission denied for sequence messages_seq"] * 2
+
+
+def test_column_privileges_are_enough(db: psycopg.Connection, notices: Notices) -> None:
+    db.execute("create role column_inserter")
+    db.execute(
+        "grant insert (id, payload, binary_payload, event, topic, private, extension)"
+        " on realtime.messages to column_inserter"
+    )
+    db.execute("grant usage on sequence realtime.messages_seq to column_inserter")
+    db.execute("create policy anything on realtime.messages for insert to column_inserter with check (true)")
+    db.execute("set role column_inserter")
+    db.execute("select realtime.send('{}', 'e', 'room')")
+    db.execute("select realtime.send_binary('\\x00', 'e', 'room')")
+    db.execute("reset role")
+    assert len(messages(db)) == 2
+    assert notices.warnings == []
+
+
+def test_topic_too_long_for_the_replay_index_is_a_warning(db: psycopg.Connection, notices: Notices) -> None:
+    # The replay index holds the topic of private messages; an entry that does not fit a btree
+    # page (an incompressible topic of 3,000 bytes) fails the insert, and only the message is lost.
+    long_topic = scalar(db, "select string_agg(md5(g::text), '') from generate_series(1, 94) as g")
+    db.execute("create table public.audit (n int)")
+    with db.transaction():
+        db.execute("insert into public.audit values (1)")
+        db.execute("select realtime.send('{}', 'e', %s)", (long_topic,))
+        db.execute("select realtime.send_binary('\\x00', 'e', %s)", (long_topic,))
+        db.execute("select realtime.send('{}', 'e', %s, false)", (long_topic,))  # public: not indexed
+        db.execute("insert into public.audit values (2)")
+    assert count(db, "select count(*) from public.audit") == 2
+    assert [(r["topic"], r["private"]) for r in messages(db)] == [(long_topic, False)]
+    assert len(notices.warnings) == 2
+    assert all(w.startswith(WARN_PREFIX + "index row size") for w in notices.warnings)
+
+
+def test_large_payload_is_stored_with_its_id(db: psycopg.Connection, notices: Notices) -> None:
+    db.execute("select realtime.send(jsonb_build_object('blob', repeat('x', 2000000)), 'e', 'room')")
+    (row,) = messages(db)
+    assert row["payload"]["id"] == str(row["id"])
+    assert len(row["payload"]["blob"]) == 2_000_000
+    assert notices.warnings == []
+
+
+def test_policy_that_denies_is_a_warning_and_nothing_is_stored(
+    db: psycopg.Connection, notices: Notices
+) -> None:
+    db.execute(
+        "create policy nobody_writes on realtime.messages for insert to authenticated with check (false)"
+    )
+    db.execute("create table public.orders (id int primary key)")
+    db.execute("grant insert on public.orders to authenticated")
+    with db.transaction():
+        db.execute("set local role authenticated")
+        db.execute("select realtime.send('{}', 'e', 'room')")
+        db.execute("select realtime.send_binary('\\x00', 'e', 'room')")
+        db.execute("insert into public.orders values (1)")
+        # The guarded insert failed and was rolled back, with its realtime.topic setting.
+        assert scalar(db, "select realtime.topic()") is None
+    assert count(db, "select count(*) from public.orders") == 1
+    assert messages(db) == []
+    assert len(notices.warnings) == 2
+    assert all(w.startswith(WARN_PREFIX) and "row-level security" in w for w in notices.warnings)

