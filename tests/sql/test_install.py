@@ -47,6 +47,7 @@ EXPECTED_FUNCTIONS = {
     "maintain": "retention interval DEFAULT '3 days'::interval, premake integer DEFAULT 3",
     "grant_access": "role_name name",
     "messages_partitions": "",
+    "messages_guard": "",
 }
 
 
@@ -132,6 +133,7 @@ def test_function_signatures(db: psycopg.Connection) -> None:
     assert functions["insert_needs_guard"][1:] == ("boolean", False, "sql", "s")
     assert functions["insert_refusal"][1:] == ("text", False, "sql", "s")
     assert functions["maintain"][1:] == ("SETOF text", True, "plpgsql", "v")
+    assert functions["messages_guard"][1:] == ("trigger", False, "plpgsql", "v")
     config = scalar(
         db, "select proconfig from pg_proc where oid = 'realtime.maintain(interval, integer)'::regprocedure"
     )
@@ -150,7 +152,7 @@ def test_privileges(db: psycopg.Connection) -> None:
                       has_table_privilege(%(r)s, %(today)s, 'select')""",
             {"r": role, "today": partition_name(utc_today(db))},
         ).fetchone()
-        assert granted == (True, True, True, False, True, False, False)
+        assert granted == (True, True, False, False, True, False, False)
     db.execute("create role someone")
     executable: dict[str, bool] = dict(
         db.execute(
@@ -168,6 +170,7 @@ def test_privileges(db: psycopg.Connection) -> None:
         "insert_needs_guard": True,
         "insert_refusal": True,
         "messages_partitions": True,
+        "messages_guard": True,
         "maintain": False,
         "grant_access": False,
     }
@@ -187,7 +190,7 @@ def test_every_object_has_a_comment(db: psycopg.Connection) -> None:
     ).fetchall()
     names = {name for name, _ in members}
     # 11 functions, the table, its default partition, its sequence, and the daily partitions.
-    assert len(members) == 14 + len(partitions(db))
+    assert len(members) == 15 + len(partitions(db))
     assert {
         "table realtime.messages",
         "table realtime.messages_default",
