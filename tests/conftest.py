@@ -145,9 +145,10 @@ async def make_server() -> AsyncIterator[ServerFactory]:
     started: list[LiveServer] = []
 
     async def start(database_url: str | None, port: int = 0, **overrides: Any) -> LiveServer:
-        # Every default limit applies except the delay of refused joins, which would make each test
-        # of a refusal wait 5 s; the tests of that delay set it themselves.
+        # Every default limit applies except the delays of refused joins (5 s) and handshakes (2 s),
+        # which would make each test of a refusal wait; the tests of those delays set them.
         overrides.setdefault("refused_join_delay_ms", 0)
+        overrides.setdefault("refused_connect_delay_ms", 0)
         live = await serve_in_process(server_settings(database_url, port=port, **overrides))
         started.append(live)
         return live

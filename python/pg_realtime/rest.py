@@ -17,6 +17,7 @@ from .broadcast import Broadcast, Broadcaster
 from .database import Database, DatabaseUnavailable
 from .join import flexible_bool
 from .limits import RateWindow
+from .logs import printable
 from .metrics import Metrics
 from .phoenix import PayloadEncoding, UserBroadcast
 from .policies import PolicyError
@@ -24,6 +25,7 @@ from .session import TokenVerifier
 
 log = logging.getLogger("pg_realtime")
 
+RATE_EXCEEDED = {"message": "You have exceeded your rate limit"}
 BATCH_TOO_LARGE = {"message": "Too many messages to broadcast, please reduce the batch size"}
 PAYLOAD_TOO_LARGE = {"errors": {"payload": ["Payload size exceeds tenant limit"]}}
 
@@ -124,10 +126,12 @@ class RestApi:
         errors = [validate_message(message) for message in messages]
         if any(errors):
             return json_response(422, {"errors": {"messages": errors}})
-        for message in messages:
-            if len(orjson.dumps(message["payload"])) > self.max_payload_bytes:
-                self._refused("payload_size")
-                return json_response(422, PAYLOAD_TOO_LARGE)
+        oversize = [len(orjson.dumps(m["payload"])) > self.max_payload_bytes for m in messages]
+        if any(oversize):
+            # As upstream's embedded changesets: the error sits in the offending entry.
+            self._refused("payload_size")
+            entries = [PAYLOAD_TOO_LARGE["errors"] if big else {} for big in oversize]
+            return json_response(422, {"errors": {"messages": entries}})
         private_topics = {m["topic"] for m in messages if flexible_bool(m.get("private"), False)}
         if self.max_batch_private_topics and len(private_topics) > self.max_batch_private_topics:
             # Each private topic is a policy check in the database: bound the work one request buys.
@@ -135,7 +139,9 @@ class RestApi:
             return json_response(429, BATCH_TOO_LARGE)
         if not self.events.allow(cost=len(messages)):
             self._refused("events_per_second")
-            return json_response(429, {"message": "Too many requests"})
+            if len(messages) > 1 and self.events.allow(cost=1):
+                return json_response(429, BATCH_TOO_LARGE)
+            return json_response(429, RATE_EXCEEDED)
         allowed: dict[str, bool] = {}
         accepted: list[tuple[str, bool, Broadcast]] = []
         for message in messages:
@@ -198,17 +204,18 @@ class RestApi:
             return json_response(422, PAYLOAD_TOO_LARGE)
         if not self.events.allow():
             self._refused("events_per_second")
-            return json_response(429, {"message": "Too many requests"})
+            return json_response(429, RATE_EXCEEDED)
         private = flexible_bool(request.query.get("private"), False)
         if private:
             try:
                 allowed = await self._can_write(topic, claims)
             except PolicyError as exc:
-                return json_response(422, {"message": f"RlsPolicyError: {exc}"})
-            except DatabaseUnavailable:
-                return json_response(
-                    500, {"message": "Realtime was unable to connect to the project database"}
-                )
+                # The database's text is the operator's, not the caller's.
+                log.warning("RlsPolicyError: REST write check on %s failed: %s", printable(topic), exc)
+                return json_response(422, {"message": "RLS policy error"})
+            except DatabaseUnavailable as exc:
+                log.warning("UnableToConnectToProject: REST write check on %s: %s", printable(topic), exc)
+                return json_response(422, {"message": "Tenant database unavailable"})
             if not allowed:
                 self._refused("unauthorized_write")
                 return json_response(403, {"message": "Unauthorized"})

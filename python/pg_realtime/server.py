@@ -84,6 +84,7 @@ class RealtimeServer:
             refused=lambda reason: refusals.labels(reason).inc(),
             slow_consumer=self.metrics.slow_consumers.inc,
             log_refusal=self._log_refusal,
+            stream_live=lambda: self.stream is not None and self.stream.live,
         )
         self.rest = RestApi(
             self.verifier,
@@ -196,6 +197,8 @@ class RealtimeServer:
             claims = self.verifier.verify(token)
         except AuthError as exc:
             self.metrics.refusals.labels("invalid_token").inc()
+            # As the reference server: a misconfigured client retries no faster than this.
+            await asyncio.sleep(self.settings.refused_connect_delay_ms / 1000)
             return json_response(401, {"error": exc.http_message})
         if len(self.connections) >= self.max_connections:
             self.metrics.refusals.labels("max_connections").inc()
