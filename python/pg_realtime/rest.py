@@ -7,6 +7,7 @@ is sent; private topics need the caller's RLS write permission, checked once per
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any
 
 import orjson
@@ -65,9 +66,34 @@ def validate_message(message: Any) -> dict[str, list[str]]:
     elif not isinstance(message["payload"], dict):
         errors["payload"] = ["is invalid"]
     private = message.get("private")
-    if private is not None and not isinstance(private, bool | str):
+    if private is not None and not isinstance(private, bool) and not _is_boolean_text(private):
         errors["private"] = ["is invalid"]
+    message_id = message.get("id")
+    if message_id is not None and not _is_uuid(message_id):
+        errors["id"] = ["is invalid"]
     return errors
+
+
+def _is_boolean_text(value: Any) -> bool:
+    # Ecto's :boolean cast accepts these strings, and nothing else.
+    return isinstance(value, str) and value.lower() in ("true", "false", "1", "0")
+
+
+def _batch_private(value: Any) -> bool:
+    """A batch entry's ``private``, cast as Ecto's :boolean casts it."""
+    if isinstance(value, str):
+        return value.lower() in ("true", "1")
+    return value is True
+
+
+def _is_uuid(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
 
 
 class RestApi:
@@ -132,7 +158,7 @@ class RestApi:
             self._refused("payload_size")
             entries = [PAYLOAD_TOO_LARGE["errors"] if big else {} for big in oversize]
             return json_response(422, {"errors": {"messages": entries}})
-        private_topics = {m["topic"] for m in messages if flexible_bool(m.get("private"), False)}
+        private_topics = {m["topic"] for m in messages if _batch_private(m.get("private"))}
         if self.max_batch_private_topics and len(private_topics) > self.max_batch_private_topics:
             # Each private topic is a policy check in the database: bound the work one request buys.
             self._refused("batch_size")
@@ -145,7 +171,7 @@ class RestApi:
         allowed: dict[str, bool] = {}
         accepted: list[tuple[str, bool, Broadcast]] = []
         for message in messages:
-            private = flexible_bool(message.get("private"), False)
+            private = _batch_private(message.get("private"))
             topic = message["topic"]
             if private:
                 if topic not in allowed:
@@ -184,7 +210,8 @@ class RestApi:
         body = await request.read()
         if media in ("", "application/json"):
             try:
-                value = orjson.loads(body) if body else {}
+                # Without a Content-Type the reference server leaves the body unparsed: {}.
+                value = orjson.loads(body) if body and media else {}
             except orjson.JSONDecodeError:
                 return json_response(400, {"message": "Malformed JSON body"})
             if not isinstance(value, dict):

@@ -189,7 +189,8 @@ class RealtimeServer:
             return json_response(503, {"error": "Server is shutting down"})
         vsn = phoenix.parse_vsn(request.query.get("vsn"))
         if vsn is None:
-            return json_response(400, {"error": "Unsupported serializer version"})
+            # As Phoenix answers a serializer it does not have: 403 with an empty body.
+            return web.Response(status=403)
         headers = request.headers
         token = headers.get("x-api-key") or request.query.get("apikey") or headers.get("apikey")
         token = token or bearer(headers.get("Authorization"))

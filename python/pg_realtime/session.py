@@ -299,6 +299,8 @@ class Session:
         if msg.topic == "phoenix":
             if msg.event == "heartbeat":
                 self._reply(msg, "ok", {})
+            else:
+                self._unmatched(msg)
             return
         if msg.event == "phx_join":
             yield from self._join(msg)

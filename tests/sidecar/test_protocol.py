@@ -359,3 +359,23 @@ async def test_jwks_tokens_at_connect_and_join(make_server):
         forged = jwt.encode({"role": "service_role", "exp": exp}, "a-guessed-secret-" * 3, algorithm="HS256")
         response = await http.get(f"{server.url}/realtime/v1/websocket?apikey={forged}&vsn=2.0.0")
         assert response.status == 401
+
+
+async def test_an_unknown_serializer_version_gets_phoenixs_403(server):
+    async with aiohttp.ClientSession() as http:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await http.ws_connect(server.ws_url(vsn="3.0.0"))
+    assert refused.value.status == 403
+
+
+async def test_other_events_on_the_phoenix_topic_are_unmatched(server):
+    async with await RawSocket.connect(server.url, server.token()) as ws:
+        await ws.send("phoenix", "whatever", {}, ref="5", join_ref="9")
+        frame = await ws.recv()
+        assert frame == [
+            None,
+            "5",
+            "phoenix",
+            "phx_reply",
+            {"status": "error", "response": {"reason": "unmatched topic"}},
+        ]
