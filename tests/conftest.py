@@ -184,11 +184,14 @@ ServerFactory = Callable[..., Awaitable[LiveServer]]
 async def make_server() -> AsyncIterator[ServerFactory]:
     """Start servers with chosen settings: ``await make_server(db_dsn, max_channels_per_client=2)``.
 
-    ``port`` (0: any free one) lets a test restart a server in place on the port it had.
+    ``port`` (0: any free one) lets a test restart a server in place on the port it had;
+    ``wait_live=False`` returns before the stream is live (for servers it must refuse).
     """
     started: list[LiveServer] = []
 
-    async def start(database_url: str | None, port: int = 0, **overrides: Any) -> LiveServer:
+    async def start(
+        database_url: str | None, port: int = 0, wait_live: bool = True, **overrides: Any
+    ) -> LiveServer:
         settings = Settings(jwt_secret=TEST_JWT_SECRET, port=port, **overrides)
         server = RealtimeServer(settings, database_url=database_url)
         runner = web.AppRunner(server.app, handle_signals=False, shutdown_timeout=2)
@@ -197,7 +200,7 @@ async def make_server() -> AsyncIterator[ServerFactory]:
         await site.start()
         live = LiveServer(server, runner, runner.addresses[0][1], database_url)
         started.append(live)
-        if database_url:
+        if database_url and wait_live:
             await live.wait_live()
         return live
 

@@ -489,8 +489,7 @@ class RealtimeServer:
                 poll_interval=self.settings.poll_interval_ms / 1000,
                 on_state=self._stream_state,
             )
-            stream = self.stream
-            self.metrics.stream_reads.source = lambda: stream.reads
+            self.metrics.watch_stream(self.stream)
             self._tasks.append(asyncio.create_task(self.stream.run(), name="stream"))
             self._tasks.append(asyncio.create_task(self._maintain_loop(), name="maintain"))
         yield

@@ -13,14 +13,37 @@ disjoint: nothing is read twice even if a writer stored a forged xid. S lives in
 after a lost connection the next read resumes from it, so what committed meanwhile still
 arrives. Within one read, rows are ordered by (xid, seq): a transaction that began after
 another committed has the larger xid, and seq orders the rows of one transaction.
+
+Idle cost. On a primary, ``pg_current_snapshot()`` changes exactly when a transaction that
+had an xid ends (PostgreSQL reuses the cached snapshot until then), so an unchanged snapshot
+means nothing new can be visible. While the snapshot stays the same the reader only probes
+it; the full read runs when it moved. Both are prepared statements on the reader's own
+connection, the read with a generic plan, so neither is parsed or planned again.
+
+Where it must not run. On a hot standby ``pg_current_snapshot()`` has an empty in-progress
+list (during recovery PostgreSQL keeps every running xid in the snapshot's subxip array), so
+the rule above would skip the rows of a transaction that was open while a later one
+committed. The reader refuses a server in recovery: it stays down, says why, reads nothing,
+and checks again (a promoted standby is then read like any primary).
+
+A different server behind the same URL. After a failover to an asynchronous standby,
+transaction ids the old primary had issued can be issued again, so S from the old server
+could hide new rows. On every connection the reader compares the server's identity (system
+identifier, timeline, postmaster start) with the one it read before, and while connected it
+watches for the snapshot going backwards. When the server changed (or restarted, which after
+a crash with asynchronous commits can reuse xids too) it makes one catch-up read: the rows the
+xid rule selects (same system only), plus every row inserted since shortly before the last
+read of the old server, minus the ids it delivered in that span. Rows of the new server's
+transactions cannot be older than that, since they began after the promotion.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Callable
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -29,16 +52,27 @@ import psycopg
 
 log = logging.getLogger(__name__)
 
-_CURRENT_SNAPSHOT = "select pg_current_snapshot()::text"
+_PROBE = "select pg_current_snapshot()::text"
 
-_READ = """
+# Who the server is. pg_walfile_name() names the current timeline, but only outside recovery.
+_IDENTITY = """
+select (select system_identifier from pg_control_system())::text,
+       pg_is_in_recovery(),
+       extract(epoch from pg_postmaster_start_time())::float8,
+       case when pg_is_in_recovery() then null else pg_walfile_name(pg_current_wal_lsn()) end
+"""
+
+_COLUMNS = """cur.snap::text, m.id::text, m.topic, m.event, m.private, m.payload::text, m.binary_payload,
+       extract(epoch from m.inserted_at)::float8"""
+_ROW = """msg.id, msg.topic, msg.event, msg.private, msg.payload, msg.binary_payload,
+           msg.inserted_at, msg.xid, msg.seq"""
+
+_READ = f"""
 with cur as materialized (select pg_current_snapshot() as snap)
-select cur.snap::text, m.id::text, m.topic, m.event, m.private, m.payload::text, m.binary_payload,
-       extract(epoch from m.inserted_at)::float8
+select {_COLUMNS}
 from cur
 left join lateral (
-    select msg.id, msg.topic, msg.event, msg.private, msg.payload, msg.binary_payload,
-           msg.inserted_at, msg.xid, msg.seq
+    select {_ROW}
     from realtime.messages as msg
     where (msg.xid >= pg_snapshot_xmax(%(prev)s::pg_snapshot)
            or msg.xid = any(array(select pg_snapshot_xip(%(prev)s::pg_snapshot))))
@@ -46,6 +80,33 @@ left join lateral (
 ) as m on true
 order by m.xid, m.seq
 """
+
+# After the server changed: the xid rule against the old snapshot where xids still mean the same
+# transactions (same system), and every row inserted since ``since``; the caller drops the ids it
+# has delivered already.
+_CATCH_UP = f"""
+with cur as materialized (select pg_current_snapshot() as snap)
+select {_COLUMNS}
+from cur
+left join lateral (
+    select {_ROW}
+    from realtime.messages as msg
+    where ((%(same_system)s
+            and (msg.xid >= pg_snapshot_xmax(%(prev)s::pg_snapshot)
+                 or msg.xid = any(array(select pg_snapshot_xip(%(prev)s::pg_snapshot)))))
+           or msg.inserted_at >= to_timestamp(%(since)s) at time zone 'utc')
+      and pg_visible_in_snapshot(msg.xid, cur.snap)
+) as m on true
+order by m.xid, m.seq
+"""
+
+#: How far before the last read of the old server the catch-up read looks (clock skew between
+#: the sidecar and the database, a brief overlap of old and new primary); delivered ids are
+#: remembered for twice as long so that the catch-up never repeats one.
+CATCH_UP_WINDOW_S = 5.0
+
+#: How often a server in recovery is checked again.
+STANDBY_RECHECK_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +130,38 @@ class StreamState(StrEnum):
 RowsHandler = Callable[[list[Row]], None]
 
 
+@dataclass(frozen=True, slots=True)
+class ServerIdentity:
+    """What tells one PostgreSQL server (and one run and history of it) from another."""
+
+    system_identifier: str
+    timeline: int
+    started_at: float
+
+    def change_from(self, previous: ServerIdentity) -> str | None:
+        """Why ``previous`` and this are not the same server history (None: they are)."""
+        if self.system_identifier != previous.system_identifier:
+            return "system_identifier"
+        if self.timeline != previous.timeline:
+            return "timeline"
+        return None
+
+
+class StandbyRefused(Exception):
+    """The server is in recovery: the commit-safe cursor would lose rows there."""
+
+
+STANDBY_REASON = (
+    "the database is a hot standby (in recovery): pg_current_snapshot() lists no in-progress "
+    "transactions there, so rows would be lost; point the database URL at the primary"
+)
+
+
+def snapshot_xmax(snapshot: str) -> int:
+    """xmax of a pg_snapshot in text form (``xmin:xmax:xip,...``)."""
+    return int(snapshot.split(":", 2)[1])
+
+
 class MessageStream:
     """Polls realtime.messages with the commit-safe cursor and hands batches to ``on_rows``."""
 
@@ -79,17 +172,30 @@ class MessageStream:
         poll_interval: float = 0.005,
         on_state: Callable[[StreamState, str], None] | None = None,
         max_backoff: float = 5.0,
+        catch_up_window: float = CATCH_UP_WINDOW_S,
     ) -> None:
         self.dsn = dsn
         self.on_rows = on_rows
         self.poll_interval = poll_interval
         self.on_state = on_state
         self.max_backoff = max_backoff
+        self.catch_up_window = catch_up_window
         self.state = StreamState.STARTING
         self.reason = "starting"
         self.snapshot: str | None = None
+        self.identity: ServerIdentity | None = None
+        #: Full reads of realtime.messages, and probes that found the snapshot unchanged.
         self.reads = 0
+        self.probes = 0
+        #: Changes of the server behind the URL, by cause (system_identifier, timeline,
+        #: snapshot_backwards), and catch-up reads made for any reason (these and restarts).
+        self.failovers: dict[str, int] = {}
+        self.catch_ups = 0
+        self.refusals = 0
+        self._last_read_at = 0.0  # wall clock of the last successful read
+        self._delivered: deque[tuple[float, Sequence[str]]] = deque()
         self._stopping = asyncio.Event()
+        self._sleeper: asyncio.Future[None] | None = None
 
     def _set_state(self, state: StreamState, reason: str) -> None:
         if state != self.state or reason != self.reason:
@@ -103,6 +209,8 @@ class MessageStream:
 
     def stop(self) -> None:
         self._stopping.set()
+        if self._sleeper is not None and not self._sleeper.done():
+            self._sleeper.set_result(None)
 
     async def run(self) -> None:
         backoff = 0.1
@@ -112,7 +220,9 @@ class MessageStream:
                     self.dsn,
                     autocommit=True,
                     application_name="pg-realtime stream",
-                    prepare_threshold=None,
+                    # Prepare every statement at its first use: the probe and the read run hundreds
+                    # of times a second on this connection of our own (never through a pooler).
+                    prepare_threshold=0,
                     connect_timeout=5,
                 )
             except (psycopg.OperationalError, OSError) as exc:
@@ -122,14 +232,15 @@ class MessageStream:
                 continue
             try:
                 async with conn:
-                    # The first snapshot is where news starts: rows committed before it are history.
-                    if self.snapshot is None:
-                        cur = await conn.execute(_CURRENT_SNAPSHOT)
-                        first = await cur.fetchone()
-                        assert first is not None
-                        self.snapshot = str(first[0])
+                    await self._start(conn)
                     backoff = 0.1
                     await self._poll(conn)
+            except StandbyRefused:
+                self.refusals += 1
+                if self.reason != STANDBY_REASON:
+                    log.error("ReadFromStandbyRefused: %s", STANDBY_REASON)
+                self._set_state(StreamState.DOWN, STANDBY_REASON)
+                await self._sleep(STANDBY_RECHECK_S)
             except (psycopg.OperationalError, psycopg.errors.AdminShutdown, OSError) as exc:
                 self._set_state(StreamState.DOWN, f"database connection lost: {_first_line(exc)}")
                 await self._sleep(backoff)
@@ -142,41 +253,167 @@ class MessageStream:
                 await self._sleep(self.max_backoff)
         self._set_state(StreamState.STOPPED, "stopped")
 
+    async def _start(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Check who the server is; on a changed or restarted one, catch up before polling."""
+        # A generic plan: the read's parameters never change its best plan (an xid index lookup per
+        # partition), and a custom plan would be planned again at every read.
+        await conn.execute("set plan_cache_mode = force_generic_plan")
+        identity = await self._identity(conn)
+        previous, self.identity = self.identity, identity
+        if self.snapshot is None:
+            # The first snapshot is where news starts: rows committed before it are history.
+            cur = await conn.execute(_PROBE)
+            first = await cur.fetchone()
+            assert first is not None
+            self.snapshot = str(first[0])
+            self._last_read_at = time.time()
+            return
+        if previous is None:
+            return
+        change = identity.change_from(previous)
+        if change is not None:
+            self._count_failover(change)
+            log.warning(
+                "DatabaseChanged: the server behind the database URL changed (%s: %s -> %s); "
+                "catching up from %.0f s before the last read",
+                change,
+                _describe(previous, change),
+                _describe(identity, change),
+                self.catch_up_window,
+            )
+            await self._catch_up(conn, same_system=change != "system_identifier")
+        elif identity.started_at != previous.started_at:
+            # A restart: after a crash, xids of asynchronously committed transactions can come again.
+            log.info("database restarted; catching up from %.0f s before the last read", self.catch_up_window)
+            await self._catch_up(conn, same_system=True)
+
+    async def _identity(self, conn: psycopg.AsyncConnection[Any]) -> ServerIdentity:
+        cur = await conn.execute(_IDENTITY)
+        row = await cur.fetchone()
+        assert row is not None
+        system_identifier, in_recovery, started_at, walfile = row
+        if in_recovery:
+            raise StandbyRefused()
+        return ServerIdentity(str(system_identifier), int(str(walfile)[:8], 16), float(started_at))
+
+    def _count_failover(self, cause: str) -> None:
+        self.failovers[cause] = self.failovers.get(cause, 0) + 1
+
+    async def _catch_up(self, conn: psycopg.AsyncConnection[Any], same_system: bool) -> None:
+        """One read of what the xid rule could miss on a changed server, without repeats."""
+        assert self.snapshot is not None
+        since = self._last_read_at - self.catch_up_window
+        cur = await conn.execute(
+            _CATCH_UP, {"prev": self.snapshot, "same_system": same_system, "since": since}
+        )
+        records = await cur.fetchall()
+        delivered = {row_id for _, ids in self._delivered for row_id in ids}
+        rows = [row for row in _rows(records) if row.id not in delivered]
+        self.catch_ups += 1
+        if rows:
+            self.on_rows(rows)
+            self._remember(rows)
+        self.snapshot = records[0][0]
+        self._last_read_at = time.time()
+
+    def _remember(self, rows: list[Row]) -> None:
+        """Keep the ids delivered lately, for the catch-up read to leave out."""
+        now = time.time()
+        delivered = self._delivered
+        delivered.append((now, [row.id for row in rows]))
+        horizon = now - 2 * self.catch_up_window
+        while delivered and delivered[0][0] < horizon:
+            delivered.popleft()
+
     async def _poll(self, conn: psycopg.AsyncConnection[Any]) -> None:
         loop = asyncio.get_running_loop()
+        cursor = conn.cursor()
+        changed = True  # read at once after (re)connecting
         while not self._stopping.is_set():
             # Reads start every poll_interval: the time a read and its fan-out take comes out
             # of the pause, not on top of it (on top, it would stretch the wait for a new row
             # just when there is most to deliver).
             started = loop.time()
-            cur = await conn.execute(_READ, {"prev": self.snapshot})
-            records = await cur.fetchall()
+            assert self.snapshot is not None
+            if not changed:
+                # While something changed at the last poll the probe would only cost a round trip.
+                await cursor.execute(_PROBE)
+                probed = await cursor.fetchone()
+                assert probed is not None
+                changed = probed[0] != self.snapshot
+                if not changed:
+                    self.probes += 1
+                    self._last_read_at = time.time()
+                    self._set_state(StreamState.LIVE, "ok")
+                    await self._sleep(self.poll_interval - (loop.time() - started))
+                    continue
+            await cursor.execute(_READ, {"prev": self.snapshot})
+            records = await cursor.fetchall()
             self.reads += 1
             self._set_state(StreamState.LIVE, "ok")
             new_snapshot = records[0][0]
-            rows = [
-                Row(
-                    id=r[1],
-                    topic=r[2],
-                    event=r[3],
-                    private=r[4],
-                    payload=r[5],
-                    binary_payload=bytes(r[6]) if r[6] is not None else None,
-                    inserted_at=r[7],
-                )
-                for r in records
-                if r[1] is not None
-            ]
+            rows = _rows(records)
             # Deliver before advancing: if delivery raised, the same rows would come back.
             if rows:
                 self.on_rows(rows)
-            self.snapshot = new_snapshot
+                self._remember(rows)
+            went_backwards = snapshot_xmax(new_snapshot) < snapshot_xmax(self.snapshot)
+            changed = new_snapshot != self.snapshot
+            if went_backwards:
+                # The same connection now reaches another server (a proxy in front of a failover).
+                self._count_failover("snapshot_backwards")
+                log.warning(
+                    "DatabaseChanged: the snapshot went backwards (%s -> %s); catching up",
+                    self.snapshot,
+                    new_snapshot,
+                )
+                await self._catch_up(conn, same_system=True)
+                self.identity = await self._identity(conn)
+            else:
+                self.snapshot = new_snapshot
+                self._last_read_at = time.time()
             await self._sleep(self.poll_interval - (loop.time() - started))
 
     async def _sleep(self, seconds: float) -> None:
         """Pause, but end at once when the stream is stopped."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
+        if self._stopping.is_set():
+            return
+        if seconds <= 0:
+            await asyncio.sleep(0)
+            return
+        loop = asyncio.get_running_loop()
+        sleeper = self._sleeper = loop.create_future()
+        handle = loop.call_later(seconds, _wake, sleeper)
+        try:
+            await sleeper
+        finally:
+            handle.cancel()
+            self._sleeper = None
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _rows(records: list[tuple[Any, ...]]) -> list[Row]:
+    return [
+        Row(
+            id=r[1],
+            topic=r[2],
+            event=r[3],
+            private=r[4],
+            payload=r[5],
+            binary_payload=bytes(r[6]) if r[6] is not None else None,
+            inserted_at=r[7],
+        )
+        for r in records
+        if r[1] is not None
+    ]
+
+
+def _describe(identity: ServerIdentity, change: str) -> str:
+    return identity.system_identifier if change == "system_identifier" else f"timeline {identity.timeline}"
 
 
 def _first_line(exc: BaseException) -> str:
