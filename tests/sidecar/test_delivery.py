@@ -207,13 +207,32 @@ def _is_broadcast(frame: Any) -> bool:
     return (frame[3] if isinstance(frame, list) else frame.get("event")) == "broadcast"
 
 
-def writer(dsn: str, writer_id: int, topics: list[str], transactions: int, seed: int, stop_at: float) -> None:
+#: Writing for 0.3 s, then silent for 0.4 s, on one clock for all writers: while every writer is
+#: silent the snapshot stays the same, so the reader probes instead of reading.
+SPELLS = (0.3, 0.4)
+
+
+def writer(
+    dsn: str,
+    writer_id: int,
+    topics: list[str],
+    transactions: int,
+    seed: int,
+    stop_at: float,
+    spells: tuple[float, float] | None = None,
+) -> None:
     """Sequential transactions of 1-3 sends; about 10% rolled back on purpose."""
     rng = random.Random(seed)
+    epoch = time.monotonic()
     with psycopg.connect(dsn) as conn:
         for tx in range(transactions):
             if time.monotonic() > stop_at:
                 break
+            if spells is not None:
+                burst, idle = spells
+                phase = (time.monotonic() - epoch) % (burst + idle)
+                if phase >= burst:
+                    time.sleep(burst + idle - phase)
             for k in range(rng.randint(1, 3)):
                 conn.execute(
                     "select realtime.send(jsonb_build_object('w', %s::int, 'tx', %s::int, 'k', %s::int),"
@@ -249,7 +268,8 @@ def check_subscriber(sub: Subscriber, dsn: str, topics: list[str]) -> int:
 
 
 @pytest.mark.slow
-async def test_torture_concurrent_writers_rollbacks_and_long_transactions(make_server, db_dsn):
+@pytest.mark.parametrize("spells", [None, SPELLS], ids=["steady", "idle-spells"])
+async def test_torture_concurrent_writers_rollbacks_and_long_transactions(make_server, db_dsn, spells):
     server = await make_server(db_dsn)
     topics = [f"torture-{i}" for i in range(4)]
     subscribers: list[Subscriber] = []
@@ -270,7 +290,8 @@ async def test_torture_concurrent_writers_rollbacks_and_long_transactions(make_s
 
     stop_at = time.monotonic() + 40  # bound the run on a slow machine
     threads = [
-        threading.Thread(target=writer, args=(db_dsn, w, topics, 250, 1000 + w, stop_at)) for w in range(8)
+        threading.Thread(target=writer, args=(db_dsn, w, topics, 250, 1000 + w, stop_at, spells))
+        for w in range(8)
     ]
     for t in threads:
         t.start()
@@ -301,6 +322,10 @@ async def test_torture_concurrent_writers_rollbacks_and_long_transactions(make_s
             "id": payloads[[p.get("long") for p in payloads].index("commit")]["id"],
         } in payloads
         assert not any(p.get("long") == "rollback" for p in payloads)
+    stream = server.server.stream
+    assert stream is not None
+    if spells is not None:
+        assert stream.probes > 0, "the silent spells never reached the probe"
 
 
 @pytest.mark.slow
