@@ -18,7 +18,13 @@ Idle cost. On a primary, ``pg_current_snapshot()`` changes exactly when a transa
 had an xid ends (PostgreSQL reuses the cached snapshot until then), so an unchanged snapshot
 means nothing new can be visible. While the snapshot stays the same the reader only probes
 it; the full read runs when it moved. Both are prepared statements on the reader's own
-connection, the read with a generic plan, so neither is parsed or planned again.
+connection, the read with a generic plan, so neither is parsed or planned again. After a
+second without any change the probing moves into the database: one statement that returns
+as soon as the snapshot moves (looking every poll interval) or after a second. Waking this
+process 200 times a second costs a few percent of a core even when nothing is found; a
+backend looking at its snapshot costs a fraction of that, and the first message after a
+silence is no later than before. Where the role may not create temporary functions, the
+probe stays here.
 
 Where it must not run. On a hot standby ``pg_current_snapshot()`` has an empty in-progress
 list (during recovery PostgreSQL keeps every running xid in the snapshot's subxip array), so
@@ -53,6 +59,28 @@ import psycopg
 log = logging.getLogger(__name__)
 
 _PROBE = "select pg_current_snapshot()::text"
+
+# The idle wait runs in the reader's own backend: it returns the snapshot as soon as it differs
+# from the one given, or after ``timeout`` seconds, looking every ``step`` seconds. A backend
+# waking up in C costs a small fraction of this process waking up in Python. Each statement of a
+# volatile function takes a fresh snapshot, so every look sees what committed meanwhile.
+_WAIT_FUNCTION = """
+create function pg_temp.realtime_wait(prev text, timeout float8, step float8) returns text
+language plpgsql volatile as $$
+declare
+    v_deadline timestamptz := pg_catalog.clock_timestamp() + pg_catalog.make_interval(secs => timeout);
+    v_snap text;
+begin
+    loop
+        v_snap := pg_catalog.pg_current_snapshot()::text;
+        exit when v_snap <> prev or pg_catalog.clock_timestamp() >= v_deadline;
+        perform pg_catalog.pg_sleep(step);
+    end loop;
+    return v_snap;
+end;
+$$
+"""
+_WAIT = "select pg_temp.realtime_wait(%s, %s, %s)"
 
 # Who the server is. pg_walfile_name() names the current timeline, but only outside recovery.
 _IDENTITY = """
@@ -104,6 +132,12 @@ order by m.xid, m.seq
 #: the sidecar and the database, a brief overlap of old and new primary); delivered ids are
 #: remembered for twice as long so that the catch-up never repeats one.
 CATCH_UP_WINDOW_S = 5.0
+
+#: After this long without any change of the snapshot, the reader polls at its idle interval.
+IDLE_AFTER_S = 1.0
+
+#: The longest an idle wait in the database lasts before this process looks up again.
+IDLE_WAIT_S = 1.0
 
 #: How often a server in recovery is checked again.
 STANDBY_RECHECK_S = 1.0
@@ -173,10 +207,14 @@ class MessageStream:
         on_state: Callable[[StreamState, str], None] | None = None,
         max_backoff: float = 5.0,
         catch_up_window: float = CATCH_UP_WINDOW_S,
+        idle_wait: float = IDLE_WAIT_S,
+        idle_after: float = IDLE_AFTER_S,
     ) -> None:
         self.dsn = dsn
         self.on_rows = on_rows
         self.poll_interval = poll_interval
+        self.idle_wait = idle_wait
+        self.idle_after = idle_after
         self.on_state = on_state
         self.max_backoff = max_backoff
         self.catch_up_window = catch_up_window
@@ -329,6 +367,8 @@ class MessageStream:
         loop = asyncio.get_running_loop()
         cursor = conn.cursor()
         changed = True  # read at once after (re)connecting
+        quiet_since = loop.time()
+        waits = await self._create_wait(conn)
         while not self._stopping.is_set():
             # Reads start every poll_interval: the time a read and its fan-out take comes out
             # of the pause, not on top of it (on top, it would stretch the wait for a new row
@@ -337,7 +377,11 @@ class MessageStream:
             assert self.snapshot is not None
             if not changed:
                 # While something changed at the last poll the probe would only cost a round trip.
-                await cursor.execute(_PROBE)
+                quiet = started - quiet_since >= self.idle_after
+                if quiet and waits:
+                    await cursor.execute(_WAIT, (self.snapshot, self.idle_wait, self.poll_interval))
+                else:
+                    await cursor.execute(_PROBE)
                 probed = await cursor.fetchone()
                 assert probed is not None
                 changed = probed[0] != self.snapshot
@@ -345,8 +389,10 @@ class MessageStream:
                     self.probes += 1
                     self._last_read_at = time.time()
                     self._set_state(StreamState.LIVE, "ok")
-                    await self._sleep(self.poll_interval - (loop.time() - started))
+                    if not (quiet and waits):
+                        await self._sleep(self.poll_interval - (loop.time() - started))
                     continue
+                quiet_since = started
             await cursor.execute(_READ, {"prev": self.snapshot})
             records = await cursor.fetchall()
             self.reads += 1
@@ -359,6 +405,8 @@ class MessageStream:
                 self._remember(rows)
             went_backwards = snapshot_xmax(new_snapshot) < snapshot_xmax(self.snapshot)
             changed = new_snapshot != self.snapshot
+            if changed:
+                quiet_since = started
             if went_backwards:
                 # The same connection now reaches another server (a proxy in front of a failover).
                 self._count_failover("snapshot_backwards")
@@ -373,6 +421,16 @@ class MessageStream:
                 self.snapshot = new_snapshot
                 self._last_read_at = time.time()
             await self._sleep(self.poll_interval - (loop.time() - started))
+
+    async def _create_wait(self, conn: psycopg.AsyncConnection[Any]) -> bool:
+        """The idle wait function, where this role may create temporary objects."""
+        try:
+            await conn.execute("set statement_timeout = 0")
+            await conn.execute(_WAIT_FUNCTION)
+        except psycopg.errors.InsufficientPrivilege as exc:
+            log.warning("no idle wait (%s): probing from here every poll interval", _first_line(exc))
+            return False
+        return True
 
     async def _sleep(self, seconds: float) -> None:
         """Pause, but end at once when the stream is stopped."""

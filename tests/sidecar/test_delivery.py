@@ -410,3 +410,67 @@ async def test_healthz_follows_the_database(make_server, fresh_cluster):
         await asyncio.to_thread(cluster.start)
         await server.wait_live(timeout=20)
         assert (await http.get(f"{server.url}/healthz")).status == 200
+
+
+async def wait_until(condition: Any, what: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not reached within {timeout}s")
+        await asyncio.sleep(0.02)
+
+
+def reader_waits_in_the_database(dsn: str) -> bool:
+    return bool(
+        run_sql(
+            dsn,
+            "select 1 from pg_stat_activity where application_name = 'pg-realtime stream'"
+            " and state = 'active' and query like '%%realtime_wait%%'",
+        )
+    )
+
+
+async def test_after_a_quiet_second_the_reader_waits_in_the_database_and_still_delivers(live_server, db_dsn):
+    s = live_server
+    async with await RawSocket.connect(s.url, s.token()) as ws:
+        await ws.join("quiet")
+        await wait_until(lambda: reader_waits_in_the_database(db_dsn), "the idle wait")
+        for n in range(3):
+            run_sql(
+                db_dsn, "select realtime.send(jsonb_build_object('n', %s::int), 'e', 'quiet', false)", (n,)
+            )
+            assert decode_db_frame(await ws.recv())[2]["n"] == n
+            await wait_until(lambda: reader_waits_in_the_database(db_dsn), "the idle wait again")
+
+
+async def test_without_temporary_objects_the_reader_probes_from_the_sidecar(make_server, db_dsn, caplog):
+    import logging
+    import uuid
+
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    caplog.set_level(logging.WARNING, logger="pg_realtime")
+    role = f"reader_{uuid.uuid4().hex[:8]}"
+    dbname = conninfo_to_dict(db_dsn)["dbname"]
+    run_sql(
+        db_dsn,
+        f"""create role {role} login bypassrls;
+            select realtime.grant_access('{role}');
+            revoke temporary on database {dbname} from public;""",
+    )
+    params = conninfo_to_dict(db_dsn)
+    params["user"] = role
+    try:
+        server = await make_server(make_conninfo(**params))
+        async with await RawSocket.connect(server.url, server.token()) as ws:
+            await ws.join("quiet")
+            await asyncio.sleep(1.3)  # past the quiet second
+            run_sql(db_dsn, "select realtime.send('{\"n\": 1}'::jsonb, 'e', 'quiet', false)")
+            assert decode_db_frame(await ws.recv())[2]["n"] == 1
+            assert not reader_waits_in_the_database(db_dsn)
+        assert any("no idle wait" in r.getMessage() for r in caplog.records)
+        await server.stop()
+    finally:
+        run_sql(
+            db_dsn, f"grant temporary on database {dbname} to public; drop owned by {role}; drop role {role}"
+        )
