@@ -71,8 +71,7 @@ class RealtimeServer:
                 poll_interval=settings.poll_interval_ms / 1000,
                 on_state=self._stream_state,
             )
-            stream = self.stream
-            self.metrics.stream_reads.source = lambda: stream.reads
+            self.metrics.watch_stream(self.stream)
         refusals = self.metrics.refusals
         self.session_context = SessionContext(
             registry=self.registry,

@@ -45,7 +45,11 @@ async def test_batch_answers_202_and_reaches_both_formats(server, prefix):
 async def test_batch_id_becomes_meta(server):
     async with await RawSocket.connect(server.url, server.token()) as ws, aiohttp.ClientSession() as http:
         await ws.join("room1")
-        body = {"messages": [{"topic": "room1", "event": "e", "payload": {}, "id": "0b9d7a4e-8c1f-4d2a-9c3e-5f6a7b8c9d0e"}]}
+        body = {
+            "messages": [
+                {"topic": "room1", "event": "e", "payload": {}, "id": "0b9d7a4e-8c1f-4d2a-9c3e-5f6a7b8c9d0e"}
+            ]
+        }
         assert (await http.post(f"{server.url}/api/broadcast", json=body, headers=auth(server))).status == 202
         assert (await ws.recv())[4]["meta"] == {"id": "0b9d7a4e-8c1f-4d2a-9c3e-5f6a7b8c9d0e"}
 
