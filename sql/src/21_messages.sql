@@ -20,8 +20,9 @@ create table realtime.messages (
     -- previous snapshot by this column, which follows commit visibility where ids, sequences and
     -- timestamps do not.
     xid xid8 not null default pg_catalog.pg_current_xact_id(),
-    -- Insertion order within the writing transaction (see realtime.messages_seq).
-    seq bigint not null default pg_catalog.nextval('realtime.messages_seq'::regclass),
+    -- Insertion order within the writing transaction (see realtime.messages_seq and
+    -- realtime.messages_next_seq()).
+    seq bigint not null default realtime.messages_next_seq(),
     constraint messages_pkey primary key (id, inserted_at),
     constraint messages_payload_exclusive check (payload is null or binary_payload is null)
 ) partition by range (inserted_at);

@@ -30,7 +30,7 @@ begin
             using errcode = 'insufficient_privilege';
     end if;
     new.xid := pg_catalog.pg_current_xact_id();
-    new.seq := pg_catalog.nextval('realtime.messages_seq'::regclass);
+    new.seq := realtime.messages_next_seq();
     return new;
 end;
 $$;
