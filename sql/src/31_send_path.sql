@@ -46,8 +46,7 @@ as $$
             then 'cannot execute INSERT in a read-only transaction'
         when not pg_catalog.has_table_privilege('realtime.messages'::regclass, 'INSERT')
             then 'permission denied for table messages'
-        -- No sequence privilege: the seq column's default draws with the owner's rights (see
-        -- realtime.messages_next_seq()).
+        -- No sequence privilege: seq is an identity column, whose draws are not checked.
         when insert_refusal.topic is null
             then 'null value in column "topic" of relation "messages" violates not-null constraint'
     end

@@ -1,6 +1,6 @@
 -- Let a role send and receive broadcasts, as Supabase's anon, authenticated and service_role
--- may: SELECT and INSERT on realtime.messages. Nothing on realtime.messages_seq: the seq column's
--- default draws from it with the owner's rights. Row-level security policies still decide which
+-- may: SELECT and INSERT on realtime.messages. Nothing on realtime.messages_seq: it is the seq
+-- column's identity, whose draws are not checked. Row-level security policies still decide which
 -- rows and topics.
 -- No UPDATE (Supabase grants it, but neither its server nor this sidecar ever updates a message,
 -- and an UPDATE could move a row to another topic or day, or change the columns the reader

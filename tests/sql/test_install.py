@@ -29,7 +29,7 @@ EXPECTED_COLUMNS = [
     ("id", "uuid", True, "gen_random_uuid()"),
     ("binary_payload", "bytea", False, None),
     ("xid", "xid8", True, "pg_current_xact_id()"),
-    ("seq", "bigint", True, "realtime.messages_next_seq()"),
+    ("seq", "bigint", True, None),  # an identity, by default (see test_messages_table)
 ]
 
 EXPECTED_FUNCTIONS = {
@@ -48,7 +48,6 @@ EXPECTED_FUNCTIONS = {
     "grant_access": "role_name name",
     "messages_partitions": "",
     "messages_guard": "",
-    "messages_next_seq": "",
 }
 
 
@@ -111,6 +110,14 @@ def test_messages_table(db: psycopg.Connection) -> None:
         " from pg_sequence s where s.seqrelid = 'realtime.messages_seq'::regclass"
     ).fetchone()
     assert sequence == ("bigint", 100, "realtime.messages_seq")
+    # An identity, whose draws take no privilege on the sequence; BY DEFAULT. The partitions have
+    # none of their own: rows are inserted through the parent.
+    identities = db.execute(
+        "select a.attrelid::regclass::text, a.attidentity from pg_attribute a"
+        " where a.attname = 'seq' and a.attidentity <> ''"
+        " and a.attrelid in (select oid from pg_class where relnamespace = 'realtime'::regnamespace)"
+    ).fetchall()
+    assert identities == [("realtime.messages", "d")]
 
 
 def test_function_signatures(db: psycopg.Connection) -> None:
@@ -134,10 +141,9 @@ def test_function_signatures(db: psycopg.Connection) -> None:
     assert functions["insert_needs_guard"][1:] == ("boolean", False, "sql", "s")
     assert functions["insert_refusal"][1:] == ("text", False, "sql", "s")
     assert functions["maintain"][1:] == ("SETOF text", True, "plpgsql", "v")
-    assert functions["messages_guard"][1:] == ("trigger", False, "plpgsql", "v")
-    # The seq default draws with the owner's rights, so writers need no sequence privilege.
-    assert functions["messages_next_seq"][1:] == ("bigint", True, "sql", "v")
-    for definer in ("realtime.maintain(interval, integer)", "realtime.messages_next_seq()"):
+    # The guard draws seq, which writers hold no privilege for.
+    assert functions["messages_guard"][1:] == ("trigger", True, "plpgsql", "v")
+    for definer in ("realtime.maintain(interval, integer)", "realtime.messages_guard()"):
         config = scalar(db, "select proconfig from pg_proc where oid = %s::regprocedure", (definer,))
         assert "search_path=pg_catalog, pg_temp" in config
 
@@ -173,7 +179,6 @@ def test_privileges(db: psycopg.Connection) -> None:
         "insert_refusal": True,
         "messages_partitions": True,
         "messages_guard": True,
-        "messages_next_seq": True,
         "maintain": False,
         "grant_access": False,
     }
@@ -192,9 +197,9 @@ def test_every_object_has_a_comment(db: psycopg.Connection) -> None:
              and d.refobjid = (select oid from pg_extension where extname = 'realtime')"""
     ).fetchall()
     names = {name for name, _ in members}
-    # The schema, 13 functions, the table, its default partition, its sequence, and the daily
+    # The schema, 12 functions, the table, its default partition, its sequence, and the daily
     # partitions.
-    assert len(members) == 17 + len(partitions(db))
+    assert len(members) == 16 + len(partitions(db))
     assert {
         "schema realtime",
         "table realtime.messages",

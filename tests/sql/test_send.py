@@ -344,7 +344,7 @@ def test_read_only_transaction_is_a_warning(db: psycopg.Connection, notices: Not
 
 def test_insert_privilege_is_enough(db: psycopg.Connection, notices: Notices) -> None:
     # BYPASSRLS: the unguarded path, whose refusals are checked beforehand. No sequence privilege:
-    # the seq default draws with the owner's rights.
+    # seq is an identity, whose draws are not privilege-checked.
     db.execute("create role inserter bypassrls")
     db.execute("grant insert on realtime.messages to inserter")
     db.execute("set role inserter")
