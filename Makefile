@@ -12,7 +12,11 @@ EXTENSION    = realtime
 EXTVERSION   = $(shell sed -n "s/^default_version *= *'\(.*\)'/\1/p" $(EXTENSION).control)
 SQL_SOURCES  = $(sort $(wildcard sql/src/*.sql))
 DATA_built   = sql/$(EXTENSION)--$(EXTVERSION).sql
-DATA         = $(filter-out $(DATA_built),$(wildcard sql/$(EXTENSION)--*--*.sql))
+# Everything else under sql/: the frozen full scripts of released versions (CREATE EXTENSION
+# ... VERSION, and the start of an upgrade), their control files where a released version's
+# parameters differ from realtime.control's, and the hand-written upgrade scripts.
+DATA         = $(filter-out $(DATA_built),$(wildcard sql/$(EXTENSION)--*.sql)) \
+               $(wildcard sql/$(EXTENSION)--*.control)
 
 PG_CONFIG   ?= pg_config
 PGXS        := $(shell $(PG_CONFIG) --pgxs)

@@ -1,10 +1,12 @@
 -- The realtime schema.
 --
--- realtime.control names this schema, so CREATE EXTENSION creates it (owned by the installing
--- role, not a member of the extension) before this script runs; PostgreSQL then refuses to add
--- the schema to the extension, because the extension lives in it. If the control file leaves the
--- schema out, this block creates it here instead, which makes it a member that DROP EXTENSION
--- removes. Either way every object below is schema-qualified and never depends on search_path.
+-- realtime.control places the extension in pg_catalog (as pg_cron does), so this block creates
+-- the schema, which makes it a member of the extension that DROP EXTENSION removes with
+-- everything in it. (Were the control file to name realtime, CREATE EXTENSION would create the
+-- schema before this script runs, owned by the installing role but not a member, and PostgreSQL
+-- refuses to add the schema that holds the extension to it: DROP EXTENSION would leave it.) A
+-- realtime schema that exists already is used as it is, and stays after DROP EXTENSION. Every
+-- object below is schema-qualified and never depends on search_path.
 do $$
 begin
     if pg_catalog.to_regnamespace('realtime') is null then

@@ -11,11 +11,13 @@
 -- The id stays the caller's when given (send() gives its own, the one it puts in the payload).
 -- Roles that bypass row-level security (the owner, the sidecar's reader, superusers) are trusted
 -- and left alone: the sidecar's read probe gives inserted_at and id while privileged.
+-- SECURITY DEFINER because drawing seq (nextval()) takes a privilege on the sequence, which writers
+-- are not given: their INSERT draws the identity's values unchecked (see realtime.messages.seq).
 create function realtime.messages_guard()
 returns trigger
 language plpgsql
 volatile
-security invoker
+security definer
 set search_path = pg_catalog, pg_temp
 as $$
 begin

@@ -46,9 +46,7 @@ as $$
             then 'cannot execute INSERT in a read-only transaction'
         when not pg_catalog.has_table_privilege('realtime.messages'::regclass, 'INSERT')
             then 'permission denied for table messages'
-        -- The seq column's default draws from the sequence: nextval() needs USAGE or UPDATE.
-        when not pg_catalog.has_sequence_privilege('realtime.messages_seq'::regclass, 'USAGE, UPDATE')
-            then 'permission denied for sequence messages_seq'
+        -- No sequence privilege: seq is an identity column, whose draws are not checked.
         when insert_refusal.topic is null
             then 'null value in column "topic" of relation "messages" violates not-null constraint'
     end

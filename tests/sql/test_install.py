@@ -29,7 +29,7 @@ EXPECTED_COLUMNS = [
     ("id", "uuid", True, "gen_random_uuid()"),
     ("binary_payload", "bytea", False, None),
     ("xid", "xid8", True, "pg_current_xact_id()"),
-    ("seq", "bigint", True, "nextval('realtime.messages_seq'::regclass)"),
+    ("seq", "bigint", True, None),  # an identity, by default (see test_messages_table)
 ]
 
 EXPECTED_FUNCTIONS = {
@@ -110,6 +110,14 @@ def test_messages_table(db: psycopg.Connection) -> None:
         " from pg_sequence s where s.seqrelid = 'realtime.messages_seq'::regclass"
     ).fetchone()
     assert sequence == ("bigint", 100, "realtime.messages_seq")
+    # An identity, whose draws take no privilege on the sequence; BY DEFAULT. The partitions have
+    # none of their own: rows are inserted through the parent.
+    identities = db.execute(
+        "select a.attrelid::regclass::text, a.attidentity from pg_attribute a"
+        " where a.attname = 'seq' and a.attidentity <> ''"
+        " and a.attrelid in (select oid from pg_class where relnamespace = 'realtime'::regnamespace)"
+    ).fetchall()
+    assert identities == [("realtime.messages", "d")]
 
 
 def test_function_signatures(db: psycopg.Connection) -> None:
@@ -133,11 +141,11 @@ def test_function_signatures(db: psycopg.Connection) -> None:
     assert functions["insert_needs_guard"][1:] == ("boolean", False, "sql", "s")
     assert functions["insert_refusal"][1:] == ("text", False, "sql", "s")
     assert functions["maintain"][1:] == ("SETOF text", True, "plpgsql", "v")
-    assert functions["messages_guard"][1:] == ("trigger", False, "plpgsql", "v")
-    config = scalar(
-        db, "select proconfig from pg_proc where oid = 'realtime.maintain(interval, integer)'::regprocedure"
-    )
-    assert "search_path=pg_catalog, pg_temp" in config
+    # The guard draws seq, which writers hold no privilege for.
+    assert functions["messages_guard"][1:] == ("trigger", True, "plpgsql", "v")
+    for definer in ("realtime.maintain(interval, integer)", "realtime.messages_guard()"):
+        config = scalar(db, "select proconfig from pg_proc where oid = %s::regprocedure", (definer,))
+        assert "search_path=pg_catalog, pg_temp" in config
 
 
 def test_privileges(db: psycopg.Connection) -> None:
@@ -152,7 +160,7 @@ def test_privileges(db: psycopg.Connection) -> None:
                       has_table_privilege(%(r)s, %(today)s, 'select')""",
             {"r": role, "today": partition_name(utc_today(db))},
         ).fetchone()
-        assert granted == (True, True, False, False, True, False, False)
+        assert granted == (True, True, False, False, False, False, False)
     db.execute("create role someone")
     executable: dict[str, bool] = dict(
         db.execute(
@@ -189,9 +197,11 @@ def test_every_object_has_a_comment(db: psycopg.Connection) -> None:
              and d.refobjid = (select oid from pg_extension where extname = 'realtime')"""
     ).fetchall()
     names = {name for name, _ in members}
-    # 11 functions, the table, its default partition, its sequence, and the daily partitions.
-    assert len(members) == 15 + len(partitions(db))
+    # The schema, 12 functions, the table, its default partition, its sequence, and the daily
+    # partitions.
+    assert len(members) == 16 + len(partitions(db))
     assert {
+        "schema realtime",
         "table realtime.messages",
         "table realtime.messages_default",
         "sequence realtime.messages_seq",
@@ -284,8 +294,8 @@ def test_install_without_supabase_roles_then_drop_and_recreate(
         assert partition_name(today) in partitions(conn)
         conn.execute("select realtime.send('{}', 'e', 'again')")
         assert conn.execute("select topic from realtime.messages").fetchall() == [("again",)]
-        # The schema goes with the extension, unless realtime.control names it (PostgreSQL then
-        # creates it, and cannot make the schema that holds the extension one of its members).
+        # The schema is a member, and the extension sits in pg_catalog (realtime.control names
+        # it): PostgreSQL cannot make the schema that holds the extension one of its members.
         placement = conn.execute(
             """select e.extnamespace = 'realtime'::regnamespace,
                       exists (select from pg_depend d where d.classid = 'pg_namespace'::regclass
@@ -293,4 +303,4 @@ def test_install_without_supabase_roles_then_drop_and_recreate(
                               and d.deptype = 'e')
                from pg_extension e where e.extname = 'realtime'"""
         ).fetchone()
-        assert placement in ((True, False), (False, True))
+        assert placement == (False, True)

@@ -1,0 +1,709 @@
+-- Upgrade of the realtime extension from 0.1.0 to 0.2.0: only what changed, each with why.
+-- Hand-written, and frozen once released, like the full scripts; tests/sql/test_upgrade.py checks
+-- that the schema it leaves is the one a fresh install of 0.2.0 makes.
+\echo Use "ALTER EXTENSION realtime UPDATE TO '0.2.0'" to load this file. \quit
+
+-- 1. The realtime schema becomes a member of the extension, so that DROP EXTENSION removes it.
+-- 0.1.0's control file named the schema, so PostgreSQL created it outside the extension and
+-- recorded it as the extension's schema, which it refuses to add as a member. 0.2.0's control
+-- file names pg_catalog, as pg_cron's does (and a fresh install makes the schema in its script).
+-- An update keeps the recorded schema, so it is moved here: the update runs as a superuser
+-- (superuser = true), which may write the catalog. pg_catalog is pinned, so the extension's
+-- dependency on its schema is not recorded for it: the old one is deleted, not repointed.
+update pg_catalog.pg_extension
+set extnamespace = 'pg_catalog'::regnamespace
+where extname = 'realtime';
+delete from pg_catalog.pg_depend
+where
+    classid = 'pg_catalog.pg_extension'::regclass
+    and objid = (select e.oid from pg_catalog.pg_extension as e where e.extname = 'realtime')
+    and refclassid = 'pg_catalog.pg_namespace'::regclass
+    and refobjid = 'realtime'::regnamespace
+    and deptype = 'n';
+-- Adding records the schema's current privileges (USAGE to PUBLIC) as its initial ones, as the
+-- GRANT in a fresh install's script does; pg_dump leaves both to CREATE EXTENSION.
+alter extension realtime add schema realtime;
+
+-- 2. Take back the UPDATE on realtime.messages that 0.1.0's grant_access() (and the install's
+-- grants to Supabase's roles) gave: an UPDATE could move a row to another topic or day, or change
+-- the columns the reader relies on, and nothing ever updates a message. Those roles are the ones
+-- that hold a privilege on realtime.messages_seq (0.1.0 granted both together; nothing else
+-- needed the sequence). The privileges on the sequence go with it (see 3). An UPDATE granted by an
+-- administrator without the sequence, as Supabase grants, is the administrator's and is left
+-- alone.
+--
+-- A GRANT or REVOKE inside an extension script records the object's whole resulting ACL as the
+-- extension's initial privileges, the ones pg_dump leaves to CREATE EXTENSION. Revoking on the
+-- table as it is would record every privilege granted since the install (by grant_access() or by
+-- hand) as the extension's, and a dump would then lose them. So the revoke is made twice: once on
+-- the install's privileges alone (the table's ACL set to them for the moment), which records
+-- those, minus UPDATE, as a fresh install would; then on the real ACL, after which that record is
+-- put back.
+do $$
+declare
+    v_roles text[];
+    v_role text;
+    v_acl aclitem[];
+    v_init aclitem[];
+begin
+    select pg_catalog.array_agg(distinct
+        case when a.grantee = 0 then 'public' else pg_catalog.quote_ident(r.rolname) end)
+    into v_roles
+    from pg_catalog.pg_class as c
+    cross join lateral pg_catalog.aclexplode(c.relacl) as a
+    left join pg_catalog.pg_roles as r on a.grantee = r.oid
+    where c.oid = 'realtime.messages_seq'::regclass and a.grantee <> c.relowner;
+    if v_roles is null then
+        return;
+    end if;
+
+    select c.relacl into v_acl from pg_catalog.pg_class as c where c.oid = 'realtime.messages'::regclass;
+    select i.initprivs into v_init
+    from pg_catalog.pg_init_privs as i
+    where
+        i.classoid = 'pg_catalog.pg_class'::regclass and i.objoid = 'realtime.messages'::regclass
+        and i.objsubid = 0 and i.privtype = 'e';
+    if v_init is not null then
+        update pg_catalog.pg_class set relacl = v_init where oid = 'realtime.messages'::regclass;
+        foreach v_role in array v_roles loop
+            execute pg_catalog.format('revoke update on table realtime.messages from %s', v_role);
+        end loop;
+        select i.initprivs into v_init
+        from pg_catalog.pg_init_privs as i
+        where
+            i.classoid = 'pg_catalog.pg_class'::regclass and i.objoid = 'realtime.messages'::regclass
+            and i.objsubid = 0 and i.privtype = 'e';
+        update pg_catalog.pg_class set relacl = v_acl where oid = 'realtime.messages'::regclass;
+    end if;
+
+    foreach v_role in array v_roles loop
+        execute pg_catalog.format('revoke update on table realtime.messages from %s', v_role);
+    end loop;
+
+    if v_init is not null then
+        update pg_catalog.pg_init_privs as i
+        set initprivs = v_init
+        where
+            i.classoid = 'pg_catalog.pg_class'::regclass and i.objoid = 'realtime.messages'::regclass
+            and i.objsubid = 0 and i.privtype = 'e';
+    end if;
+end
+$$;
+
+-- 3. seq becomes an identity column: PostgreSQL draws an identity's values without checking the
+-- writer's privileges on its sequence, so INSERT on realtime.messages is all a writer needs, as
+-- with Supabase's grants (which give nothing on a sequence). The old sequence, behind a
+-- nextval() default that took USAGE, is dropped with its privileges, and the identity's gets its
+-- name. Its values start again at 1: seq orders the rows of one transaction only, and no
+-- transaction that wrote a row is still running (these statements wait for them and hold off
+-- writers until the upgrade commits). DROP DEFAULT on the partitioned table drops the partitions'
+-- defaults too; the identity stays the parent's, through which every row is inserted.
+alter table realtime.messages alter column seq drop default;
+drop sequence realtime.messages_seq;
+alter table realtime.messages alter column seq
+add generated by default as identity (sequence name realtime.messages_seq cache 100);
+comment on sequence realtime.messages_seq is
+'Supplies realtime.messages.seq (its identity): increasing within a transaction (per-backend '
+'cache), not comparable across transactions.';
+comment on column realtime.messages.seq is
+'Insertion order within the writing transaction; not comparable across transactions.';
+
+-- 4. Time-ordered message ids (version 7 UUIDs): inserts touch the right-hand edge of the primary
+-- key index instead of random pages of it.
+create function realtime.message_id()
+returns uuid
+language sql
+volatile
+as $$
+    select pg_catalog.encode(
+        pg_catalog.overlay(
+            pg_catalog.uuid_send(pg_catalog.gen_random_uuid()),
+            pg_catalog.int8send(
+                ((pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()) * 1000)::bigint << 16)
+                | 28672  -- 0x7000: version 7
+                | (pg_catalog.random() * 4095)::bigint
+            ),
+            1,
+            8
+        ),
+        'hex'
+    )::uuid
+$$;
+
+comment on function realtime.message_id() is
+'A new message id: a version 7 UUID (time-ordered), as send() and the triggers assign.';
+
+-- 5. A role under row-level security may no longer choose a row's topic (other than
+-- realtime.topic()), inserted_at (the partition key), xid or seq (what the reader relies on).
+-- SECURITY DEFINER: it draws seq, and writers hold no privilege on the sequence (see 3).
+create function realtime.messages_guard()
+returns trigger
+language plpgsql
+volatile
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if realtime.topic() is not null and new.topic is distinct from realtime.topic() then
+        raise exception 'realtime.messages: topic "%" differs from realtime.topic() "%"',
+            new.topic, realtime.topic()
+            using errcode = 'insufficient_privilege',
+            hint = 'Insert a row only on the topic that realtime.topic is set to.';
+    end if;
+    if new.inserted_at is distinct from pg_catalog.timezone('utc', pg_catalog.now()) then
+        raise exception 'realtime.messages: inserted_at is set by the database'
+            using errcode = 'insufficient_privilege';
+    end if;
+    new.xid := pg_catalog.pg_current_xact_id();
+    new.seq := pg_catalog.nextval('realtime.messages_seq'::regclass);
+    return new;
+end;
+$$;
+
+comment on function realtime.messages_guard() is
+'Trigger of realtime.messages: for roles subject to row-level security, the topic must be '
+'realtime.topic() when set, inserted_at must be the default, and xid and seq are the database''s.';
+
+-- The WHEN clause spares privileged writers the function call.
+create trigger messages_guard before insert on realtime.messages
+for each row
+when (pg_catalog.row_security_active('realtime.messages'::regclass))
+execute function realtime.messages_guard();
+
+-- 6. send() and send_binary() check beforehand what they can, and take a subtransaction only when
+-- the caller's INSERT policies (or another condition that cannot be known beforehand) decide: a
+-- transaction sending thousands of messages kept thousands of subtransaction ids.
+create function realtime.insert_needs_guard(topic text, private boolean, payload_size integer)
+returns boolean
+language sql
+stable
+as $$
+    select
+        pg_catalog.row_security_active('realtime.messages'::regclass)
+        or (
+            not pg_catalog.has_table_privilege('realtime.messages'::regclass, 'INSERT')
+            and pg_catalog.has_any_column_privilege('realtime.messages'::regclass, 'INSERT')
+        )
+        or (insert_needs_guard.private and pg_catalog.octet_length(insert_needs_guard.topic) > 2000) is true
+        or insert_needs_guard.payload_size > 1000000 is true
+$$;
+
+comment on function realtime.insert_needs_guard(text, boolean, integer) is
+'Internal to send(): true when inserting this message must be tried in a subtransaction '
+'(row-level security applies to the caller, column-only privileges, a very long private topic, '
+'a payload over 1 MB).';
+
+-- Why an INSERT of one message by the current role would fail, as PostgreSQL would say it (in
+-- the order it checks), or null if it would succeed. Valid only where realtime.insert_needs_guard()
+-- is false: no policy, no size limit is consulted here.
+create function realtime.insert_refusal(topic text)
+returns text
+language sql
+stable
+as $$
+    select case
+        when pg_catalog.current_setting('transaction_read_only')::boolean
+            then 'cannot execute INSERT in a read-only transaction'
+        when not pg_catalog.has_table_privilege('realtime.messages'::regclass, 'INSERT')
+            then 'permission denied for table messages'
+        -- No sequence privilege: seq is an identity column, whose draws are not checked.
+        when insert_refusal.topic is null
+            then 'null value in column "topic" of relation "messages" violates not-null constraint'
+    end
+$$;
+
+comment on function realtime.insert_refusal(text) is
+'Internal to send(): why the current role could not insert a message on this topic (read-only '
+'transaction, missing privileges, null topic), or null if it can.';
+
+create or replace function realtime.send(payload jsonb, event text, topic text, private boolean default true)
+returns void
+language plpgsql
+volatile
+security invoker
+as $$
+declare
+    v_id uuid := realtime.message_id();
+    v_payload jsonb := send.payload;
+    v_refusal text;
+begin
+    if realtime.insert_needs_guard(send.topic, send.private, pg_catalog.pg_column_size(send.payload)) then
+        begin
+            if not v_payload ? 'id' then
+                v_payload := pg_catalog.jsonb_set(v_payload, '{id}', pg_catalog.to_jsonb(v_id));
+            end if;
+            -- Transaction-local (like SET LOCAL), so INSERT policies can call realtime.topic().
+            perform pg_catalog.set_config('realtime.topic', send.topic, true);
+            insert into realtime.messages (id, payload, event, topic, private, extension)
+            values (v_id, v_payload, send.event, send.topic, send.private, 'broadcast');
+        exception when others then
+            raise warning 'WarnSendingBroadcastMessage: %', sqlerrm;
+        end;
+        return;
+    end if;
+
+    -- The payload carries the message id unless the caller chose its own "id" (as jsonb_set()
+    -- would, a payload that is not an object cannot take one).
+    if not v_payload ? 'id' then
+        case pg_catalog.jsonb_typeof(v_payload)
+            when 'object' then
+                v_payload := pg_catalog.jsonb_set(v_payload, '{id}', pg_catalog.to_jsonb(v_id));
+            when 'array' then
+                v_refusal := 'path element at position 1 is not an integer: "id"';
+            else
+                v_refusal := 'cannot set path in scalar';
+        end case;
+    end if;
+    v_refusal := coalesce(v_refusal, realtime.insert_refusal(send.topic));
+    if v_refusal is not null then
+        raise warning 'WarnSendingBroadcastMessage: %', v_refusal;
+        return;
+    end if;
+    -- As on the guarded path: realtime.topic() is the topic until the transaction ends.
+    perform pg_catalog.set_config('realtime.topic', send.topic, true);
+    insert into realtime.messages (id, payload, event, topic, private, extension)
+    values (v_id, v_payload, send.event, send.topic, send.private, 'broadcast');
+end;
+$$;
+
+comment on function realtime.send(jsonb, text, text, boolean) is
+'Broadcast a JSON payload on a topic when the calling transaction commits; private (the default) '
+'reaches only private channels. Never raises: failures become a WARNING WarnSendingBroadcastMessage.';
+
+create or replace function realtime.send_binary(payload bytea, event text, topic text, private boolean default true)
+returns void
+language plpgsql
+volatile
+security invoker
+as $$
+declare
+    v_refusal text;
+begin
+    -- No id goes into a binary payload, so its size is no reason to guard.
+    if realtime.insert_needs_guard(send_binary.topic, send_binary.private, 0) then
+        begin
+            perform pg_catalog.set_config('realtime.topic', send_binary.topic, true);
+            insert into realtime.messages (binary_payload, event, topic, private, extension)
+            values (send_binary.payload, send_binary.event, send_binary.topic, send_binary.private, 'broadcast');
+        exception when others then
+            raise warning 'WarnSendingBroadcastMessage: %', sqlerrm;
+        end;
+        return;
+    end if;
+
+    v_refusal := realtime.insert_refusal(send_binary.topic);
+    if v_refusal is not null then
+        raise warning 'WarnSendingBroadcastMessage: %', v_refusal;
+        return;
+    end if;
+    perform pg_catalog.set_config('realtime.topic', send_binary.topic, true);
+    insert into realtime.messages (binary_payload, event, topic, private, extension)
+    values (send_binary.payload, send_binary.event, send_binary.topic, send_binary.private, 'broadcast');
+end;
+$$;
+
+comment on function realtime.send_binary(bytea, text, text, boolean) is
+'Broadcast a binary payload on a topic when the calling transaction commits; private by default. '
+'Never raises: failures become a WARNING WarnSendingBroadcastMessage.';
+
+-- 7. broadcast_changes() raises its own errors directly instead of through an exception block: an
+-- UPDATE of many rows took a subtransaction per row. The messages keep their text.
+create or replace function realtime.broadcast_changes(
+    topic_name text,
+    event_name text,
+    operation text,
+    table_name text,
+    table_schema text,
+    new record,
+    old record,
+    level text default 'ROW'
+)
+returns void
+language plpgsql
+volatile
+security invoker
+as $$
+begin
+    if broadcast_changes.level = 'STATEMENT' then
+        raise exception 'Failed to process the row: function can only be triggered for each row, not for each statement';
+    end if;
+    if broadcast_changes.operation in ('INSERT', 'UPDATE', 'DELETE') then
+        perform realtime.send(
+            pg_catalog.jsonb_build_object(
+                'old_record', broadcast_changes.old,
+                'record', broadcast_changes.new,
+                'operation', broadcast_changes.operation,
+                'table', broadcast_changes.table_name,
+                'schema', broadcast_changes.table_schema
+            ),
+            broadcast_changes.event_name,
+            broadcast_changes.topic_name
+        );
+    else
+        raise exception 'Failed to process the row: Unexpected operation type: %', broadcast_changes.operation;
+    end if;
+end;
+$$;
+
+comment on function realtime.broadcast_changes(text, text, text, text, text, record, record, text) is
+'From a FOR EACH ROW trigger: broadcast the change (schema, table, operation, record, old_record) '
+'as a private message on topic_name. Raises, aborting the statement, if misused.';
+
+-- 8. A statement-level counterpart of broadcast_changes(), for bulk writes: one INSERT per
+-- statement instead of one send() per row.
+create function realtime.broadcast_changes_statement()
+returns trigger
+language plpgsql
+volatile
+security invoker
+as $$
+declare
+    v_old_t text := 'null::text';
+    v_new_t text := 'null::text';
+    v_topics text;
+    v_rows text;
+    v_count bigint;
+    v_longest text;
+    v_sent bigint;
+    v_refusal text;
+begin
+    if tg_level <> 'STATEMENT' then
+        raise exception 'broadcast_changes_statement: use it in a FOR EACH STATEMENT trigger';
+    end if;
+    if tg_nargs not in (1, 2) then
+        raise exception 'broadcast_changes_statement: arguments are a topic, or a topic prefix and a column name';
+    end if;
+    if tg_op not in ('INSERT', 'UPDATE', 'DELETE') then
+        raise exception 'broadcast_changes_statement: Unexpected operation type: %', tg_op;
+    end if;
+
+    -- Each changed row as (ord, old_record, record, topic), in the order of the change. The
+    -- transition tables keep that order, and an UPDATE's old and new rows pair up by position,
+    -- so the arrays built from them are zipped by ROWS FROM. Rows are taken whole as o.* and n.*,
+    -- which no column name can shadow; the topic is the prefix followed by the column's value
+    -- as text, the new row's unless that is null.
+    if tg_nargs = 2 then
+        v_old_t := pg_catalog.format('o.%I::text', tg_argv[1]);
+        v_new_t := pg_catalog.format('n.%I::text', tg_argv[1]);
+    end if;
+    v_rows := pg_catalog.format(
+        'select u.ord, u.old_record, u.record, %L%s as topic'
+        ' from rows from (pg_catalog.unnest(%s), pg_catalog.unnest(%s), pg_catalog.unnest(%s),'
+        ' pg_catalog.unnest(%s)) with ordinality as u (old_record, record, old_t, new_t, ord)',
+        tg_argv[0],
+        case when tg_nargs = 2 then ' || coalesce(u.new_t, u.old_t)' else '' end,
+        case when tg_op = 'INSERT' then 'null::jsonb[]' else 'array(select pg_catalog.to_jsonb(o.*) from old_rows as o)' end,
+        case when tg_op = 'DELETE' then 'null::jsonb[]' else 'array(select pg_catalog.to_jsonb(n.*) from new_rows as n)' end,
+        case when tg_op = 'INSERT' then 'null::text[]' else pg_catalog.format('array(select %s from old_rows as o)', v_old_t) end,
+        case when tg_op = 'DELETE' then 'null::text[]' else pg_catalog.format('array(select %s from new_rows as n)', v_new_t) end
+    );
+    -- How many rows changed, and the longest topic value (old or new): whether send() would
+    -- guard any of the inserts, without building a single payload.
+    v_topics := case tg_op
+        when 'INSERT' then pg_catalog.format('select %s as t from new_rows as n', v_new_t)
+        when 'DELETE' then pg_catalog.format('select %s as t from old_rows as o', v_old_t)
+        else pg_catalog.format(
+            'select %s as t from new_rows as n union all select %s from old_rows as o', v_new_t, v_old_t
+        )
+    end;
+    execute pg_catalog.format(
+        'select pg_catalog.count(*) from %s', case when tg_op = 'DELETE' then 'old_rows' else 'new_rows' end
+    ) into v_count;
+    if tg_nargs = 2 then
+        execute pg_catalog.format(
+            'select c.t from (%s) as c order by pg_catalog.octet_length(c.t) desc nulls last limit 1', v_topics
+        ) into v_longest;
+    end if;
+    if realtime.insert_needs_guard(tg_argv[0] || coalesce(v_longest, ''), true, 0) then
+        -- Each row through send(), in order: its policies see its own topic.
+        execute pg_catalog.format(
+            'select realtime.send(pg_catalog.jsonb_build_object(''old_record'', c.old_record,'
+            ' ''record'', c.record, ''operation'', $1, ''table'', $2, ''schema'', $3), $1, c.topic)'
+            ' from (%s order by u.ord) as c',
+            v_rows
+        ) using tg_op, tg_table_name, tg_table_schema;
+        return null;
+    end if;
+
+    -- What send() would refuse every message for (a read-only transaction, privileges): one
+    -- warning per message, as send() gives.
+    v_refusal := realtime.insert_refusal('');
+    if v_refusal is not null then
+        for i in 1..v_count loop
+            raise warning 'WarnSendingBroadcastMessage: %', v_refusal;
+        end loop;
+        return null;
+    end if;
+
+    -- One INSERT for the statement, rows whose topic column is null left out. The ids are drawn
+    -- per row (a volatile function keeps the subquery from being merged), and the rows go in
+    -- change order, so seq follows it.
+    execute pg_catalog.format(
+        'insert into realtime.messages (id, payload, event, topic, private, extension)'
+        ' select m.id, pg_catalog.jsonb_build_object(''id'', m.id, ''old_record'', m.old_record,'
+        ' ''record'', m.record, ''operation'', $1, ''table'', $2, ''schema'', $3), $1, m.topic, true,'
+        ' ''broadcast'''
+        ' from (select realtime.message_id() as id, c.* from (%s order by u.ord) as c'
+        ' where c.topic is not null) as m',
+        v_rows
+    ) using tg_op, tg_table_name, tg_table_schema;
+    get diagnostics v_sent = row_count;
+    -- The rows left out get send()'s warning for a null topic.
+    for i in 1..(v_count - v_sent) loop
+        raise warning 'WarnSendingBroadcastMessage: %', realtime.insert_refusal(null);
+    end loop;
+    return null;
+end;
+$$;
+
+comment on function realtime.broadcast_changes_statement() is
+'Trigger function for FOR EACH STATEMENT triggers with transition tables new_rows/old_rows: '
+'broadcasts every changed row as broadcast_changes() would, in one INSERT. Arguments: topic, '
+'or topic prefix and column name.';
+
+-- 9. maintain() makes partitions only inside its window (a row dated far ahead, or at +/-infinity,
+-- made one partition per run), and reports one day's failure and goes on to the others instead of
+-- failing the run. CREATE OR REPLACE keeps the function's privileges (EXECUTE revoked from PUBLIC).
+create or replace function realtime.maintain(
+    retention interval default interval '3 days',
+    premake integer default 3
+)
+returns setof text
+language plpgsql
+volatile
+security definer
+set search_path = pg_catalog, pg_temp
+set datestyle = 'ISO, YMD'
+-- Never hold every send back for long: each lock is awaited at most this long (see above).
+set lock_timeout = '1s'
+as $$
+declare
+    -- UTC, like the inserted_at default, so these are the days rows are routed by.
+    v_now timestamp := pg_catalog.timezone('utc', pg_catalog.now());
+    v_cutoff timestamp;
+    v_first date;
+    v_last date;
+    v_parent_locked boolean := false;
+    v_guarded boolean := false;
+    v_horizon timestamp;
+    v_columns text;
+    v_rel regclass;
+    v_day date;
+    v_name text;
+    v_count bigint;
+begin
+    if maintain.retention is null or maintain.retention < interval '0' then
+        raise exception 'realtime.maintain: retention must be a non-negative interval, not %',
+            coalesce(maintain.retention::text, 'null');
+    end if;
+    if maintain.premake is null or maintain.premake < 0 then
+        raise exception 'realtime.maintain: premake must be a non-negative number of days, not %',
+            coalesce(maintain.premake::text, 'null');
+    end if;
+    if pg_catalog.current_setting('transaction_isolation') <> 'read committed' then
+        raise exception 'realtime.maintain: run it in a READ COMMITTED transaction'
+            using detail = 'A later snapshot would not see the partitions a concurrent run created.';
+    end if;
+
+    -- One run at a time in this database, until our transaction ends. The key is 'realtime'
+    -- in ASCII.
+    begin
+        perform pg_catalog.pg_advisory_xact_lock(8243121312956329317);
+    exception when lock_not_available then
+        return next 'skipped: another realtime.maintain() is still running';
+        return;
+    end;
+
+    v_cutoff := v_now - maintain.retention;
+    -- From yesterday, but never a day that is wholly expired already (the next run would drop it).
+    v_first := greatest(v_now::date - 1, v_cutoff::date);
+    v_last := v_now::date + maintain.premake;
+
+    -- 1. Partitions wholly older than the window.
+    for v_rel in
+        select p.partition_name from realtime.messages_partitions() as p where p.range_end <= v_cutoff
+    loop
+        v_name := v_rel::text;
+        begin
+            if not v_parent_locked then
+                -- DROP takes this lock on the parent anyway. Taking it before any other keeps our
+                -- lock order that of every insert and read (parent, then partitions): no deadlock.
+                lock table realtime.messages in access exclusive mode;
+                v_parent_locked := true;
+            end if;
+            -- A member of the extension (see below) must leave it before it can be dropped.
+            if exists (
+                select from pg_catalog.pg_depend as dep
+                where dep.classid = 'pg_catalog.pg_class'::regclass and dep.objid = v_rel and dep.deptype = 'e'
+            ) then
+                execute pg_catalog.format('alter extension realtime drop table %s', v_name);
+            end if;
+            execute pg_catalog.format('drop table %s', v_name);
+        exception when lock_not_available then
+            -- The table is busy (see lock_timeout above): the rest waits for a later run.
+            return next 'skipped dropping expired partitions: realtime.messages is busy';
+            exit;
+        end;
+        return next pg_catalog.format('dropped %s', v_name);
+    end loop;
+
+    -- 2. Expired rows that sit in the default partition.
+    delete from realtime.messages_default as m where m.inserted_at < v_cutoff;
+    get diagnostics v_count = row_count;
+    if v_count > 0 then
+        return next pg_catalog.format('deleted %s expired rows from realtime.messages_default', v_count);
+    end if;
+
+    -- 3. Guard the attach when inserts may be headed for the default partition: it holds rows, or
+    -- a missing partition covers a time that is here or less than a day away. An insert picks its
+    -- partition from the partition set it saw when it started, and one routed to the default
+    -- partition that runs after our attach would be rejected there (the row is now out of the
+    -- default partition's range) and lost. With the parent locked against writes (reads go on),
+    -- in-flight inserts finish first, new ones wait and then see the new partition. Steady state
+    -- (every partition made days ahead) never takes this path.
+    v_horizon := pg_catalog.timezone('utc', pg_catalog.clock_timestamp()) + interval '1 day';
+    if exists (
+            select from realtime.messages_default as m
+            where m.inserted_at >= v_cutoff::date and m.inserted_at < v_last + 1
+        )
+        or exists (
+            select
+            from pg_catalog.generate_series(0, v_last - v_first) as g (i)
+            where
+                v_first + g.i < v_horizon
+                and not exists (
+                    select from realtime.messages_partitions() as p
+                    where p.range_start < v_first + g.i + 1 and p.range_end > v_first + g.i
+                )
+        )
+    then
+        begin
+            lock table realtime.messages in share row exclusive mode;
+            lock table realtime.messages_default in access exclusive mode;
+            v_guarded := true;
+        exception when lock_not_available then
+            -- Busy: do only what is safe unguarded now, the rest in a later run.
+            return next 'skipped moving rows out of realtime.messages_default: realtime.messages is busy';
+        end;
+    end if;
+
+    -- 4. Missing partitions: the days from v_first to v_last, and those of default-partition rows.
+    select pg_catalog.string_agg(pg_catalog.quote_ident(a.attname), ', ' order by a.attnum)
+    into v_columns
+    from pg_catalog.pg_attribute as a
+    where a.attrelid = 'realtime.messages'::regclass and a.attnum > 0 and not a.attisdropped;
+
+    for v_day in
+        select d.day
+        from (
+            select v_first + g.i as day from pg_catalog.generate_series(0, v_last - v_first) as g (i)
+            union
+            -- Only days inside the window (retention to premake): a row far in the future (or at
+            -- infinity) waits in the default partition, and never makes a partition of its own.
+            select m.inserted_at::date from realtime.messages_default as m
+            where v_guarded and m.inserted_at >= v_cutoff::date and m.inserted_at < v_last + 1
+        ) as d
+        where
+            (v_guarded or d.day >= v_horizon)
+            and not exists (
+                select from realtime.messages_partitions() as p
+                where p.range_start < d.day + 1 and p.range_end > d.day
+            )
+        order by d.day
+    loop
+        v_name := 'messages_' || pg_catalog.to_char(v_day, 'YYYY_MM_DD');
+        if pg_catalog.to_regclass(pg_catalog.format('realtime.%I', v_name)) is not null then
+            raise exception 'realtime.maintain: realtime.% exists but is not a partition of realtime.messages',
+                v_name using hint = 'Attach, rename or drop it.';
+        end if;
+        begin
+            -- Standalone, then attached: CREATE TABLE ... PARTITION OF would lock realtime.messages
+            -- against reads and writes; ATTACH PARTITION locks it only against other DDL, and the
+            -- default partition (kept empty, so scanned in no time) against everything, briefly.
+            execute pg_catalog.format(
+                'create table realtime.%I (like realtime.messages'
+                ' including defaults including constraints including storage)',
+                v_name
+            );
+            -- Partitions belong to the extension, as its own script's would: pg_dump leaves them
+            -- (and their transient rows) to CREATE EXTENSION. As plain tables they would be dumped,
+            -- and restoring them would collide with the partitions and partition indexes that
+            -- CREATE EXTENSION makes. Inside CREATE EXTENSION the table is a member already.
+            if not exists (
+                select from pg_catalog.pg_depend as dep
+                where
+                    dep.classid = 'pg_catalog.pg_class'::regclass
+                    and dep.objid = pg_catalog.format('realtime.%I', v_name)::regclass
+                    and dep.deptype = 'e'
+            ) then
+                execute pg_catalog.format('alter extension realtime add table realtime.%I', v_name);
+            end if;
+            execute pg_catalog.format(
+                'comment on table realtime.%I is %L',
+                v_name,
+                pg_catalog.format('Partition of realtime.messages for %s (UTC), made by realtime.maintain().', v_day)
+            );
+            v_count := 0;
+            if v_guarded then
+                -- Every column as it is (id, xid, seq...): the reader must see the same rows.
+                execute pg_catalog.format(
+                    'with moved as (delete from realtime.messages_default'
+                    ' where inserted_at >= %L and inserted_at < %L returning %s)'
+                    ' insert into realtime.%I (%s) select %s from moved',
+                    v_day, v_day + 1, v_columns, v_name, v_columns, v_columns
+                );
+                get diagnostics v_count = row_count;
+            end if;
+            execute pg_catalog.format(
+                'alter table realtime.messages attach partition realtime.%I for values from (%L) to (%L)',
+                v_name, v_day, v_day + 1
+            );
+        exception
+            when lock_not_available then
+                -- Undone with the block; the next run tries again.
+                return next pg_catalog.format(
+                    'skipped creating realtime.%s and later days: realtime.messages is busy', v_name
+                );
+                exit;
+            when others then
+                -- One day's trouble (a row that does not fit the partition, say) is undone with the
+                -- block and reported; the other days go on.
+                return next pg_catalog.format('failed creating realtime.%s: %s', v_name, sqlerrm);
+                continue;
+        end;
+        return next pg_catalog.format('created realtime.%s', v_name);
+        if v_count > 0 then
+            return next pg_catalog.format(
+                'moved %s rows from realtime.messages_default to realtime.%s', v_count, v_name
+            );
+        end if;
+    end loop;
+end;
+$$;
+
+
+comment on function realtime.maintain(interval, integer) is
+'Create the daily partitions of realtime.messages (yesterday to today + premake, UTC), drop those '
+'older than retention, move rows out of the default partition. Returns the actions taken.';
+
+-- 10. grant_access() grants no UPDATE (an UPDATE could move a row to another topic or day, or change
+-- the columns the reader relies on, and nothing ever updates a message) and nothing on the
+-- sequence (see 3). Its privileges (EXECUTE revoked from PUBLIC) are kept.
+create or replace function realtime.grant_access(role_name name)
+returns void
+language plpgsql
+volatile
+security invoker
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    execute pg_catalog.format(
+        'grant select, insert on table realtime.messages to %I', grant_access.role_name
+    );
+end;
+$$;
+
+
+comment on function realtime.grant_access(name) is
+'Grant a role what sending and receiving broadcasts needs (SELECT and INSERT on '
+'realtime.messages); row-level security policies still apply.';
