@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -338,7 +338,7 @@ class Diagnostics:
     def __init__(
         self,
         subscribers: Subscribers,
-        counters: dict[str, Counter],
+        counters: Mapping[str, Counter],
         logger: logging.Logger | RateLimitedLog,
         clock: Callable[[], float] = time.time,
     ) -> None:
