@@ -16,6 +16,7 @@ from typing import Any
 
 from . import phoenix
 from .channels import Channel, Encoder, Frame, Registry
+from .diagnostics import Diagnostics
 from .metrics import Metrics
 from .phoenix import PayloadEncoding, UserBroadcast, Vsn
 from .rows import Row
@@ -25,6 +26,8 @@ log = logging.getLogger("pg_realtime")
 #: What a client or the REST API broadcasts: a binary-protocol message, or a JSON map
 #: ``{"type": "broadcast", "event": ..., "payload": ...}``.
 Broadcast = UserBroadcast | dict[str, Any]
+
+_NOTHING_WATCHED: dict[str, int] = {}
 
 
 def encoder(topic: str, message: Broadcast) -> Encoder:
@@ -64,23 +67,35 @@ def row_frame(vsn: Vsn, row: Row, replayed: bool = False) -> Frame | None:
 
 
 class Broadcaster:
-    """Local fan-out of the three paths, counted once per call rather than once per message."""
+    """Local fan-out of the three paths, counted once per call rather than once per message.
 
-    def __init__(self, registry: Registry, metrics: Metrics) -> None:
+    With ``diagnostics``, a message that reached nobody, or whose subtopic the near-miss index
+    watches, is handed to it after its fan-out (see :mod:`pg_realtime.diagnostics`); any other
+    message costs one set lookup more.
+    """
+
+    def __init__(self, registry: Registry, metrics: Metrics, diagnostics: Diagnostics | None = None) -> None:
         self.registry = registry
         self.metrics = metrics
+        self.diagnostics = diagnostics
 
     def _fan_out(
         self,
         path: str,
-        items: Iterable[tuple[str, bool, Encoder, Channel | None, str | None]],
+        items: Iterable[tuple[str, bool, Encoder, Channel | None, str | None, object]],
         received: int | None = None,
     ) -> int:
         fan_out = self.registry.fan_out
+        diagnostics = self.diagnostics
+        watched = diagnostics.watched if diagnostics is not None else _NOTHING_WATCHED
         messages = delivered = 0
-        for subtopic, private, encode, exclude, message_id in items:
+        # ``origin`` (the message or row) is read only by the diagnostics, off the common path.
+        for subtopic, private, encode, exclude, message_id, origin in items:
             messages += 1
-            delivered += fan_out(subtopic, private, encode, exclude, message_id)
+            reached = fan_out(subtopic, private, encode, exclude, message_id)
+            delivered += reached
+            if (not reached or subtopic in watched) and diagnostics is not None:
+                diagnostics.fanned_out(path, subtopic, private, origin, reached)
         # Label lookups per message showed up in profiles: count once per call.
         self.metrics.messages_in.labels(path).inc(messages if received is None else received)
         self.metrics.deliveries.labels(path).inc(delivered)
@@ -89,14 +104,14 @@ class Broadcaster:
     def relay(self, subtopic: str, private: bool, message: Broadcast, exclude: Channel | None = None) -> int:
         """A client's broadcast, to every subscriber of its topic and visibility but ``exclude``."""
         topic = phoenix.SUBTOPIC_PREFIX + subtopic
-        return self._fan_out("client", [(subtopic, private, encoder(topic, message), exclude, None)])
+        return self._fan_out("client", [(subtopic, private, encoder(topic, message), exclude, None, message)])
 
     def rest(self, messages: Iterable[tuple[str, bool, Broadcast]]) -> int:
         """Broadcasts accepted by the REST API: (subtopic, private, message) each."""
         return self._fan_out(
             "rest",
             (
-                (subtopic, private, encoder(phoenix.SUBTOPIC_PREFIX + subtopic, message), None, None)
+                (subtopic, private, encoder(phoenix.SUBTOPIC_PREFIX + subtopic, message), None, None, message)
                 for subtopic, private, message in messages
             ),
         )
@@ -105,7 +120,7 @@ class Broadcaster:
         """Rows the commit-safe reader found committed, in its order."""
         now = time.time()
         observe_lag = self.metrics.stream_lag.observe
-        items: list[tuple[str, bool, Encoder, Channel | None, str | None]] = []
+        items: list[tuple[str, bool, Encoder, Channel | None, str | None, object]] = []
         for row in rows:
             observe_lag(max(0.0, now - row.inserted_at))
             if (
@@ -120,5 +135,5 @@ class Broadcaster:
             def encode(vsn: Vsn, row: Row = row) -> Frame | None:
                 return row_frame(vsn, row)
 
-            items.append((row.topic, row.private, encode, None, row.id))
+            items.append((row.topic, row.private, encode, None, row.id, row))
         self._fan_out("database", items, received=len(rows))

@@ -115,15 +115,35 @@ class Channel:
 Encoder = Callable[[Vsn], Frame | None]
 
 
+class KeyIndex(Protocol):
+    """Told when a (subtopic, private) key gets its first channel and loses its last one."""
+
+    def added(self, subtopic: str, private: bool) -> None: ...
+
+    def removed(self, subtopic: str, private: bool) -> None: ...
+
+
 class Registry:
     """All joined channels of the server, by (subtopic, private)."""
 
     def __init__(self) -> None:
         self._by_key: dict[tuple[str, bool], dict[Channel, None]] = {}
         self.channel_count = 0
+        #: The diagnostics' near-miss index, if any (see :meth:`attach`).
+        self.index: KeyIndex | None = None
+
+    def attach(self, index: KeyIndex) -> None:
+        """Keep ``index`` told of every key, those already here included."""
+        self.index = index
+        for subtopic, private in self._by_key:
+            index.added(subtopic, private)
 
     def add(self, channel: Channel) -> None:
-        subscribers = self._by_key.setdefault(channel.key, {})
+        subscribers = self._by_key.get(channel.key)
+        if subscribers is None:
+            subscribers = self._by_key[channel.key] = {}
+            if self.index is not None:
+                self.index.added(channel.subtopic, channel.private)
         if channel not in subscribers:
             subscribers[channel] = None
             self.channel_count += 1
@@ -135,9 +155,22 @@ class Registry:
             self.channel_count -= 1
             if not subscribers:
                 del self._by_key[channel.key]
+                if self.index is not None:
+                    self.index.removed(channel.subtopic, channel.private)
 
     def subscribers(self, subtopic: str, private: bool) -> Iterator[Channel]:
         return iter(tuple(self._by_key.get((subtopic, private), ())))
+
+    def count(self, subtopic: str, private: bool) -> int:
+        return len(self._by_key.get((subtopic, private), ()))
+
+    def formats(self, subtopic: str, private: bool) -> dict[str, int]:
+        """The subscribers of (subtopic, private) by wire format ("1.0.0", "2.0.0")."""
+        counts: dict[str, int] = {}
+        for channel in self._by_key.get((subtopic, private), ()):
+            vsn = str(channel.peer.vsn)
+            counts[vsn] = counts.get(vsn, 0) + 1
+        return counts
 
     def topics(self) -> list[tuple[str, bool, int]]:
         return [(sub, private, len(chs)) for (sub, private), chs in self._by_key.items()]

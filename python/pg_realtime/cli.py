@@ -23,6 +23,7 @@ from psycopg import sql
 from . import __version__
 from .auth import sign
 from .config import Settings
+from .diagnose import DEFAULT_URL, diagnose, service_key
 from .embedded import EmbeddedPostgres, EmbeddedPostgresError
 from .logs import RedactTokens
 from .server import RealtimeServer
@@ -52,6 +53,34 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     Settings.add_arguments(serve)
+    diagnose = commands.add_parser(
+        "diagnose",
+        help="why a topic's messages did (not) arrive",
+        description=(
+            "Read the delivery diagnostics of TOPIC from each sidecar (GET /api/diagnostics/topic/TOPIC, "
+            "service_role key) and print one table: subscribers, then the recorded messages with the "
+            "cause of each non-delivery. A sidecar records every message of a topic for 10 minutes after "
+            "it is asked, and always those that missed subscribers."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    diagnose.add_argument("topic", help="the topic as sent (without the realtime: prefix clients add)")
+    diagnose.add_argument(
+        "--url",
+        action="append",
+        metavar="URL",
+        help=f"a sidecar's base URL; repeat for each sidecar (default: {DEFAULT_URL})",
+    )
+    diagnose.add_argument(
+        "--key",
+        default=os.environ.get("REALTIME_SERVICE_ROLE_KEY"),
+        help="a service_role key (env REALTIME_SERVICE_ROLE_KEY); else one is signed with --jwt-secret",
+    )
+    diagnose.add_argument(
+        "--jwt-secret",
+        default=os.environ.get("REALTIME_JWT_SECRET"),
+        help="the sidecars' HS secret (env REALTIME_JWT_SECRET), to sign a 60 s service_role key",
+    )
     return parser
 
 
@@ -211,9 +240,20 @@ def configure_logging(level: str, fmt: str = "text") -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
 
 
+def run_diagnose(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    key = service_key(args.key, args.jwt_secret)
+    if key is None:
+        parser.error("diagnose needs a service_role key: --key, REALTIME_SERVICE_ROLE_KEY or --jwt-secret")
+    table, status = diagnose(args.topic, args.url or [DEFAULT_URL], key)
+    sys.stdout.write(table)
+    return status
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "diagnose":
+        return run_diagnose(args, parser)
     try:
         settings = Settings.from_args(args, os.environ)
     except ValueError as exc:

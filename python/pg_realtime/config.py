@@ -126,6 +126,11 @@ class Settings:
         "REALTIME_OUTBOX_LIMIT_BYTES",
         "a socket whose unsent frames exceed this is closed (slow consumer)",
     )
+    diagnostics: bool = _opt(
+        True,
+        "REALTIME_DIAGNOSTICS",
+        "near-miss diagnostics of undelivered messages (log lines, a metric, /api/diagnostics)",
+    )
     shutdown_timeout_s: float = _opt(5.0, "REALTIME_SHUTDOWN_TIMEOUT_S", "grace period on SIGTERM")
 
     #: Set by ``pg-realtime serve`` once it runs the embedded PostgreSQL: ``database_url`` is then

@@ -30,6 +30,7 @@ from . import __version__
 from .auth import AuthError, Verifier, sign
 from .channels import Registry
 from .config import Settings
+from .diagnostics import Diagnostics
 from .metrics import Metrics
 from .session import Session
 from .stream import MessageStream
@@ -39,6 +40,8 @@ TEMPLATE_DIR = PACKAGE_DIR / "templates"
 STATIC_DIR = PACKAGE_DIR / "static"
 STATIC_PREFIX = "/inspector/static/"
 STATS_PATH = "/api/inspector/stats"
+#: The diagnostics of one topic (service_role only), under both API prefixes.
+DIAGNOSTICS_PATHS = ("/api/diagnostics/topic/{topic:.+}", "/realtime/v1/api/diagnostics/topic/{topic:.+}")
 
 #: Lifetime of the anon token rendered into the page in demo mode.
 PAGE_TOKEN_LIFETIME_S = 8 * 3600
@@ -46,6 +49,7 @@ PAGE_TOKEN_LIFETIME_S = 8 * 3600
 RATE_WINDOW_S = 5.0
 #: At most this many sockets are listed one by one.
 MAX_LISTED_SOCKETS = 200
+MAX_LISTED_NEAR_MISSES = 50
 
 # Same origin only: the page's script, styles and WebSocket come from this server.
 CONTENT_SECURITY_POLICY = (
@@ -72,6 +76,7 @@ class Inspected(Protocol):
     registry: Registry
     stream: MessageStream | None
     started_at: float
+    diagnostics: Diagnostics | None
 
     @property
     def sessions(self) -> list[Session]: ...
@@ -160,6 +165,39 @@ class Inspector:
             return False
         return claims.get("role") == "service_role"
 
+    def service_role(self, request: web.Request) -> int:
+        """200 for a service_role token (Authorization: Bearer, or apikey), 401 without a valid
+        token, 403 for any other role."""
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        raw = token.strip() if scheme.lower() == "bearer" else ""
+        raw = raw or request.headers.get("apikey", "").strip()
+        if not raw:
+            return 401
+        try:
+            claims = self.server.verifier.verify(raw)
+        except AuthError:
+            return 401
+        return 200 if claims.get("role") == "service_role" else 403
+
+    def near_misses(self) -> list[dict[str, Any]]:
+        diagnostics = self.server.diagnostics
+        if diagnostics is None:
+            return []
+        return [
+            {
+                "topic": r.subtopic,
+                "cause": r.cause,
+                "event": r.event,
+                "private": r.private,
+                "text": r.text,
+                "fix": r.fix,
+                "at": r.at,
+                "count": r.count,
+            }
+            for r in diagnostics.recent()[:MAX_LISTED_NEAR_MISSES]
+        ]
+
     def stats(self, detailed: bool) -> dict[str, Any]:
         server = self.server
         counters = self.counters()
@@ -185,6 +223,8 @@ class Inspector:
             "detailed": detailed,
             "topics": None,
             "socket_list": None,
+            "diagnostics": server.diagnostics is not None,
+            "near_misses": None,
         }
         if detailed:
             body["topics"] = [
@@ -205,6 +245,8 @@ class Inspector:
                     }
                 )
             body["socket_list"] = listed
+            # Topics, events and what to change; never a payload.
+            body["near_misses"] = self.near_misses()
         return body
 
     # -- handlers ------------------------------------------------------------------------------
@@ -248,6 +290,37 @@ class Inspector:
             headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
         )
 
+    async def diagnostics_endpoint(self, request: web.Request) -> web.Response:
+        """``GET /api/diagnostics/topic/<topic>``: what became of the topic's recent messages.
+
+        Asking starts recording every message of the topic for the next few minutes (until then
+        only those that missed subscribers they nearly reached are kept)."""
+        status = self.service_role(request)
+        headers = {"Cache-Control": "no-store"}
+        if status != 200:
+            error = "a service_role key is required" if status == 403 else "missing or invalid key"
+            return web.Response(
+                status=status,
+                body=orjson.dumps({"error": error}),
+                content_type="application/json",
+                headers=headers,
+            )
+        diagnostics = self.server.diagnostics
+        if diagnostics is None:
+            return web.Response(
+                status=404,
+                body=orjson.dumps({"error": "diagnostics are off (--no-diagnostics)"}),
+                content_type="application/json",
+                headers=headers,
+            )
+        topic = request.match_info["topic"]
+        diagnostics.trace(topic)
+        # Payloads go to service_role callers only, and only they get this far.
+        body = diagnostics.report(topic, with_payloads=True)
+        body["sidecar"] = f"{request.host}"
+        body["now"] = time.time()
+        return web.Response(body=orjson.dumps(body), content_type="application/json", headers=headers)
+
     async def stats_endpoint(self, request: web.Request) -> web.Response:
         body = self.stats(detailed=self.may_see_topics(request))
         return web.Response(
@@ -282,6 +355,7 @@ def setup_inspector(app: web.Application, server: Inspected) -> Inspector:
             web.get("/", inspector.page),
             web.get(STATIC_PREFIX + "{name}", inspector.static_file),
             web.get(STATS_PATH, inspector.stats_endpoint),
+            *(web.get(path, inspector.diagnostics_endpoint) for path in DIAGNOSTICS_PATHS),
         ]
     )
     return inspector

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily
 
+from .diagnostics import CAUSES as UNDELIVERED_CAUSES
+
 if TYPE_CHECKING:
     from .stream import MessageStream
 
@@ -92,6 +94,15 @@ class Metrics:
         self.slow_consumers = Counter(
             "realtime_slow_consumer_disconnects_total", "Sockets closed for not reading", registry=r
         )
+        self.undelivered = Counter(
+            "realtime_undelivered_messages_total",
+            "Messages that missed subscribers they nearly reached, by cause (a message with two "
+            "causes counts under both)",
+            ["cause"],
+            registry=r,
+        )
+        for cause in UNDELIVERED_CAUSES:
+            self.undelivered.labels(cause)
 
     def watch_stream(self, stream: MessageStream) -> None:
         """Read the reader's own counters at every scrape."""

@@ -25,6 +25,7 @@ from .broadcast import Broadcaster
 from .channels import Registry
 from .config import Settings
 from .database import Database
+from .diagnostics import CAUSES, LOG_PERIOD_S, Diagnostics
 from .inspector import setup_inspector
 from .limits import RateWindow, SessionLimits
 from .logs import RateLimitedLog, printable
@@ -58,7 +59,15 @@ class RealtimeServer:
         self.refusal_log = RateLimitedLog(log)
         self.registry = Registry()
         self.metrics = Metrics()
-        self.broadcaster = Broadcaster(self.registry, self.metrics)
+        self.diagnostics: Diagnostics | None = None
+        if settings.diagnostics:
+            self.diagnostics = Diagnostics(
+                self.registry,
+                {cause: self.metrics.undelivered.labels(cause) for cause in CAUSES},
+                RateLimitedLog(log, period_s=LOG_PERIOD_S),
+            )
+            self.registry.attach(self.diagnostics.index)
+        self.broadcaster = Broadcaster(self.registry, self.metrics, self.diagnostics)
         self.connections: set[Connection] = set()
         events = RateWindow(settings.max_events_per_second)
         self.database: Database | None = None
@@ -84,6 +93,7 @@ class RealtimeServer:
             slow_consumer=self.metrics.slow_consumers.inc,
             log_refusal=self._log_refusal,
             stream_live=lambda: self.stream is not None and self.stream.live,
+            **self._diagnostics_hooks(),
         )
         self.rest = RestApi(
             self.verifier,
@@ -161,6 +171,12 @@ class RealtimeServer:
         self.refusal_log.log(
             logging.INFO, f"join:{metric}", "join of %s refused: %s", printable(topic), printable(text)
         )
+
+    def _diagnostics_hooks(self) -> dict[str, Any]:
+        diagnostics = self.diagnostics
+        if diagnostics is None:
+            return {}
+        return {"on_refused_join": diagnostics.refused_join, "on_slow_consumer": diagnostics.slow_consumer}
 
     def _database_down(self) -> str | None:
         # Fail fast while the reader says the database is away, instead of waiting for a pool timeout.

@@ -74,6 +74,14 @@ def _ignore() -> None:
     return None
 
 
+def _ignore_refused_join(subtopic: str, private: bool, metric: str, text: str) -> None:
+    return None
+
+
+def _ignore_keys(keys: list[tuple[str, bool]]) -> None:
+    return None
+
+
 def _log_refusal(metric: str, topic: str, text: str) -> None:
     log.info("join of %s refused: %s", printable(topic), printable(text))
 
@@ -96,6 +104,10 @@ class SessionContext:
     log_refusal: Callable[[str, str, str], None] = _log_refusal
     #: Whether the reader of committed messages is live (for ``replication_ready``).
     stream_live: Callable[[], bool] = lambda: True
+    #: Near-miss diagnostics: a refused join (subtopic, private, metric, text), and the channel
+    #: keys (subtopic, private) of a socket about to be closed as a slow consumer.
+    on_refused_join: Callable[[str, bool, str, str], None] = _ignore_refused_join
+    on_slow_consumer: Callable[[list[tuple[str, bool]]], None] = _ignore_keys
 
 
 class Session:
@@ -219,6 +231,7 @@ class Session:
     def send(self, frame: Frame) -> None:
         if not self.outbox.push(frame) and self.outbox.overflowed and not self.closing:
             self.context.slow_consumer()
+            self.context.on_slow_consumer([channel.key for channel in self.channels.values()])
             self.begin_close(SLOW_CONSUMER_CLOSE)
 
     @property
@@ -346,6 +359,7 @@ class Session:
         def refuse(reason: str, metric: str, detail: str = "") -> None:
             context.refused(metric)
             context.log_refusal(metric, msg.topic, detail or reason)
+            context.on_refused_join(subtopic, request.private, metric, detail or reason)
             frame = phoenix.encode_reply(
                 self.vsn, msg.join_ref, msg.ref, msg.topic, "error", {"reason": reason}
             )

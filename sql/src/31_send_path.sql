@@ -55,3 +55,37 @@ $$;
 comment on function realtime.insert_refusal(text) is
 'Internal to send(): why the current role could not insert a message on this topic (read-only '
 'transaction, missing privileges, null topic), or null if it can.';
+
+-- What looks wrong with a topic that send() was given, as far as SQL can see it, or null. No
+-- client can join an empty topic, and clients add "realtime:" to a channel name themselves, so a
+-- topic that starts with it (or carries stray spaces) reaches nobody who joined the plain name.
+-- send() turns it into a NOTICE, never an error: such a topic may still be meant.
+-- LANGUAGE sql so that send() gets it inlined.
+create function realtime.topic_mistake(topic text)
+returns text
+language sql
+immutable
+as $$
+    select case
+        when topic_mistake.topic = ''
+            then 'the topic is empty: no channel can join it'
+        when pg_catalog.lower(pg_catalog.left(topic_mistake.topic, 9)) = 'realtime:'
+            then pg_catalog.format(
+                'topic %s starts with "realtime:": clients add it to the channel name themselves, so '
+                'a channel named %s receives what is sent to %s',
+                pg_catalog.to_json(topic_mistake.topic),
+                pg_catalog.to_json(pg_catalog.substr(topic_mistake.topic, 10)),
+                pg_catalog.to_json(pg_catalog.substr(topic_mistake.topic, 10))
+            )
+        when topic_mistake.topic <> pg_catalog.btrim(topic_mistake.topic)
+            then pg_catalog.format(
+                'topic %s has leading or trailing spaces: a channel named %s does not receive it',
+                pg_catalog.to_json(topic_mistake.topic),
+                pg_catalog.to_json(pg_catalog.btrim(topic_mistake.topic))
+            )
+    end
+$$;
+
+comment on function realtime.topic_mistake(text) is
+'Internal to send(): why a topic will likely reach nobody (empty, a "realtime:" prefix, stray '
+'spaces), or null; send() raises it as a NOTICE SuspiciousBroadcastTopic.';

@@ -1,6 +1,9 @@
 -- Broadcast a JSON message to a topic, in the caller's transaction: it is delivered once that
 -- transaction commits, and never if it rolls back.
 --
+-- A topic that will likely reach nobody (empty, starting with "realtime:", stray spaces) gets a
+-- NOTICE starting with SuspiciousBroadcastTopic, and is sent all the same.
+--
 -- It never raises for a problem of the message. A null topic, a payload that cannot take an
 -- "id", missing privileges, a read-only transaction or a row-level security denial becomes a
 -- WARNING starting with WarnSendingBroadcastMessage, and the caller's transaction goes on.
@@ -24,7 +27,11 @@ declare
     v_id uuid := realtime.message_id();
     v_payload jsonb := send.payload;
     v_refusal text;
+    v_mistake text := realtime.topic_mistake(send.topic);
 begin
+    if v_mistake is not null then
+        raise notice 'SuspiciousBroadcastTopic: %', v_mistake;
+    end if;
     if realtime.insert_needs_guard(send.topic, send.private, pg_catalog.pg_column_size(send.payload)) then
         begin
             if not v_payload ? 'id' then

@@ -44,6 +44,7 @@ EXPECTED_FUNCTIONS = {
     "message_id": "",
     "insert_needs_guard": "topic text, private boolean, payload_size integer",
     "insert_refusal": "topic text",
+    "topic_mistake": "topic text",
     "maintain": "retention interval DEFAULT '3 days'::interval, premake integer DEFAULT 3",
     "grant_access": "role_name name",
     "messages_partitions": "",
@@ -140,6 +141,7 @@ def test_function_signatures(db: psycopg.Connection) -> None:
     assert functions["message_id"][1:] == ("uuid", False, "sql", "v")
     assert functions["insert_needs_guard"][1:] == ("boolean", False, "sql", "s")
     assert functions["insert_refusal"][1:] == ("text", False, "sql", "s")
+    assert functions["topic_mistake"][1:] == ("text", False, "sql", "i")
     assert functions["maintain"][1:] == ("SETOF text", True, "plpgsql", "v")
     # The guard draws seq, which writers hold no privilege for.
     assert functions["messages_guard"][1:] == ("trigger", True, "plpgsql", "v")
@@ -177,6 +179,7 @@ def test_privileges(db: psycopg.Connection) -> None:
         "message_id": True,
         "insert_needs_guard": True,
         "insert_refusal": True,
+        "topic_mistake": True,
         "messages_partitions": True,
         "messages_guard": True,
         "maintain": False,
@@ -197,9 +200,9 @@ def test_every_object_has_a_comment(db: psycopg.Connection) -> None:
              and d.refobjid = (select oid from pg_extension where extname = 'realtime')"""
     ).fetchall()
     names = {name for name, _ in members}
-    # The schema, 12 functions, the table, its default partition, its sequence, and the daily
+    # The schema, 13 functions, the table, its default partition, its sequence, and the daily
     # partitions.
-    assert len(members) == 16 + len(partitions(db))
+    assert len(members) == 17 + len(partitions(db))
     assert {
         "schema realtime",
         "table realtime.messages",

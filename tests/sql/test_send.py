@@ -414,3 +414,34 @@ def test_policy_that_denies_is_a_warning_and_nothing_is_stored(
     assert messages(db) == []
     assert len(notices.warnings) == 2
     assert all(w.startswith(WARN_PREFIX) and "row-level security" in w for w in notices.warnings)
+
+
+@pytest.mark.parametrize(
+    ("topic", "notice"),
+    [
+        ("", "SuspiciousBroadcastTopic: the topic is empty: no channel can join it"),
+        (
+            "realtime:room:1",
+            'SuspiciousBroadcastTopic: topic "realtime:room:1" starts with "realtime:": clients add it to '
+            'the channel name themselves, so a channel named "room:1" receives what is sent to "room:1"',
+        ),
+        (
+            "room:1 ",
+            'SuspiciousBroadcastTopic: topic "room:1 " has leading or trailing spaces: a channel named '
+            '"room:1" does not receive it',
+        ),
+    ],
+)
+def test_send_gives_a_notice_for_a_topic_that_looks_wrong_and_sends_anyway(
+    db: psycopg.Connection, notices: Notices, topic: str, notice: str
+) -> None:
+    db.execute("select realtime.send('{}'::jsonb, 'e', %s, false)", (topic,))
+    assert notices.received == [("NOTICE", notice)]
+    assert count(db, "select count(*) from realtime.messages where topic = %s", (topic,)) == 1
+
+
+def test_send_gives_no_notice_for_a_plain_topic(db: psycopg.Connection, notices: Notices) -> None:
+    db.execute(
+        "select realtime.send('{}'::jsonb, 'e', 'Room:1', false), realtime.send('{}'::jsonb, 'e', null)"
+    )
+    assert [severity for severity, _message in notices.received] == ["WARNING"]  # the null topic's

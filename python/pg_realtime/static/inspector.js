@@ -366,6 +366,7 @@
     const sockets = $('sockets').tBodies[0]
     topics.replaceChildren()
     sockets.replaceChildren()
+    renderNearMisses(s)
     if (!s.detailed) {
       $('topics-note').textContent = 'Topic names and sockets are shown to a service_role key.'
       return
@@ -396,6 +397,36 @@
         )
       )
     })
+  }
+
+  // Per topic, the latest near-miss of each cause (the server keeps them; payloads never come here).
+  function renderNearMisses(s) {
+    const body = $('near-misses').tBodies[0]
+    body.replaceChildren()
+    const note = $('near-misses-note')
+    if (!s.diagnostics) {
+      note.textContent = 'Diagnostics are off (--no-diagnostics).'
+      return
+    }
+    if (!s.detailed) {
+      note.textContent = 'Near misses are shown to a service_role key.'
+      return
+    }
+    const rows = [...s.near_misses].sort((a, b) => a.topic.localeCompare(b.topic) || b.at - a.at)
+    note.textContent = rows.length ? '' : 'No message has missed a subscriber.'
+    for (const n of rows) {
+      body.append(
+        el(
+          'tr',
+          { 'data-topic': n.topic, 'data-cause': n.cause, class: 'near-miss' },
+          el('td', {}, n.topic),
+          el('td', {}, el('code', {}, n.cause)),
+          el('td', {}, el('div', {}, n.text), el('div', { class: 'fix' }, n.fix)),
+          el('td', {}, fmt(n.count)),
+          el('td', {}, new Date(n.at * 1000).toLocaleTimeString())
+        )
+      )
+    }
   }
 
   // ---- wiring ----------------------------------------------------------------------------
