@@ -28,7 +28,9 @@ from aiohttp import web
 
 from . import __version__
 from .auth import AuthError, Verifier, sign
+from .bus import PostgresBus
 from .channels import Registry
+from .cluster import Cluster
 from .config import Settings
 from .metrics import Metrics
 from .session import Session
@@ -72,6 +74,8 @@ class Inspected(Protocol):
     registry: Registry
     stream: MessageStream | None
     started_at: float
+    bus: PostgresBus | None
+    cluster: Cluster | None
 
     @property
     def sessions(self) -> list[Session]: ...
@@ -185,6 +189,7 @@ class Inspector:
             "detailed": detailed,
             "topics": None,
             "socket_list": None,
+            "cluster": self.cluster_stats(detailed),
         }
         if detailed:
             body["topics"] = [
@@ -206,6 +211,29 @@ class Inspector:
                 )
             body["socket_list"] = listed
         return body
+
+    def cluster_stats(self, detailed: bool) -> dict[str, Any]:
+        """The cluster bus's state and the sidecars of the registry (names and addresses in detail)."""
+        bus, cluster = self.server.bus, self.server.cluster
+        members = cluster.members if cluster is not None else []
+        return {
+            "bus": {
+                "up": bus is not None and bus.down_reason is None,
+                "reason": bus.down_reason if bus is not None else "no database configured",
+            },
+            "size": len(members),
+            "sidecars": [
+                {
+                    "name": m.name,
+                    "address": m.address,
+                    "started_at": m.started_at,
+                    "self": cluster is not None and m.id == cluster.id,
+                }
+                for m in members
+            ]
+            if detailed
+            else None,
+        }
 
     # -- handlers ------------------------------------------------------------------------------
     async def page(self, request: web.Request) -> web.Response:

@@ -47,6 +47,13 @@ EXPECTED_FUNCTIONS = {
     "maintain": "retention interval DEFAULT '3 days'::interval, premake integer DEFAULT 3",
     "grant_access": "role_name name",
     "messages_partitions": "",
+    "bus_slot": "",
+    "bus_rotate": "",
+    "sidecar_renew": (
+        "p_id uuid, p_name text, p_address text, p_started_at timestamp with time zone, p_lease interval"
+    ),
+    "sidecar_leave": "p_id uuid",
+    "grant_sidecar": "role_name name",
 }
 
 
@@ -170,6 +177,11 @@ def test_privileges(db: psycopg.Connection) -> None:
         "messages_partitions": True,
         "maintain": False,
         "grant_access": False,
+        "bus_slot": True,
+        "bus_rotate": False,
+        "sidecar_renew": False,
+        "sidecar_leave": False,
+        "grant_sidecar": False,
     }
     assert db.execute("select has_schema_privilege('someone', 'realtime', 'usage')").fetchone() == (True,)
     assert db.execute("select has_table_privilege('someone', 'realtime.messages', 'select')").fetchone() == (
@@ -186,8 +198,9 @@ def test_every_object_has_a_comment(db: psycopg.Connection) -> None:
              and d.refobjid = (select oid from pg_extension where extname = 'realtime')"""
     ).fetchall()
     names = {name for name, _ in members}
-    # 11 functions, the table, its default partition, its sequence, and the daily partitions.
-    assert len(members) == 14 + len(partitions(db))
+    # 11 functions, the table, its default partition, its sequence, and the daily partitions; the
+    # cluster's 5 functions, the bus attachments and their 3 partitions, the sidecar registry.
+    assert len(members) == 14 + 10 + len(partitions(db))
     assert {
         "table realtime.messages",
         "table realtime.messages_default",
