@@ -8,8 +8,9 @@ business: nothing is excluded on the others.
 
 :class:`PostgresBus` carries the messages as ``NOTIFY realtime_bus`` payloads:
 
-* batched: messages published within ``batch_interval`` (a few ms) go in one transaction, as
-  many notifications as the 8000-byte payload limit needs, on one connection of their own;
+* batched: at most one transaction per ``batch_interval`` (2 ms) carries everything published
+  meanwhile, in as many notifications as the 8000-byte payload limit needs, on a connection of
+  its own;
 * a message too large for a notification is written to ``realtime.bus_attachments`` (UNLOGGED,
   emptied by partition TRUNCATE) in the same transaction, and the notification names it;
 * each sidecar LISTENs on one dedicated connection (application_name "pg-realtime bus") that
@@ -430,6 +431,8 @@ class PostgresBus:
                 await self._sleep(self.max_backoff)
 
     async def _flush_forever(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        loop = asyncio.get_running_loop()
+        last_flush = 0.0
         while not self._stopping.is_set():
             if not self._pending:
                 self._wake.clear()
@@ -439,8 +442,13 @@ class PostgresBus:
                 waiter.cancel()
                 stopper.cancel()
                 continue
-            # Let a burst gather: one transaction for everything published meanwhile.
-            await asyncio.sleep(self.batch_interval)
+            # At most one transaction per batch_interval (each costs a transaction id and the
+            # server's notify lock): a message after a quiet spell goes at once, the ones that
+            # follow it within the interval go together at its end.
+            wait = last_flush + self.batch_interval - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            last_flush = loop.time()
             pending, self._pending = self._pending, []
             try:
                 await self._send(conn, self.packer.pack(pending))
@@ -604,12 +612,17 @@ class PostgresBus:
         else:
             try:
                 await self._prove(listen, publish)
+                self._publish_conn = publish
+            except _CONNECTION_ERRORS as exc:
+                log.warning("cluster bus: connection lost at start, retrying: %s", _first_line(exc))
+                await self._close(listen)
+                await self._close(publish)
+                listen = None
             except BaseException:
                 await self._close(listen)
                 await self._close(publish)
                 await self.stop()
                 raise
-            self._publish_conn = publish
         self._tasks.append(asyncio.create_task(self._listen_loop(listen), name="bus-listen"))
         self._tasks.append(asyncio.create_task(self._publish_loop(), name="bus-publish"))
 

@@ -73,7 +73,7 @@ def start_embedded(settings: Settings) -> EmbeddedDatabase:
     cluster = EmbeddedPostgres(data_dir)
     cluster.start()
     database_url = cluster.dsn("postgres")
-    with psycopg.connect(database_url, autocommit=True) as conn:
+    with psycopg.connect(database_url, autocommit=True, application_name="pg-realtime setup") as conn:
         ensure_supabase_roles(conn)
         conn.execute("create extension if not exists realtime")
         # The extension grants the Supabase roles their privileges only if they existed at install
