@@ -37,7 +37,7 @@ $(VENV_STAMP): pyproject.toml requirements.lock
 	$(VENV_BIN)/pip install --quiet -c requirements.lock -e '.[dev]'
 	touch $@
 
-.PHONY: venv node-clients ext-install test lint run bench fmt
+.PHONY: venv node-clients ext-install system-packages test lint run bench fmt
 venv: $(VENV_STAMP)
 
 node-clients: tests/clients/js/node_modules/.package-lock.json
@@ -51,7 +51,11 @@ ext-install: all
 	@if [ -w "$(DESTDIR)$(datadir)/extension" ]; then $(MAKE) --no-print-directory install >/dev/null; \
 	else echo "note: $(datadir)/extension is not writable; run 'sudo make install' after changing sql/"; fi
 
-test: venv node-clients ext-install
+# Debian packages the suite needs (installed as root, else the exact command is printed).
+system-packages:
+	@scripts/system-packages.sh
+
+test: system-packages venv node-clients ext-install
 	$(VENV_BIN)/pytest $(PYTEST_ARGS)
 
 lint: venv all

@@ -139,16 +139,20 @@ ServerFactory = Callable[..., Awaitable[LiveServer]]
 async def make_server() -> AsyncIterator[ServerFactory]:
     """Start servers with chosen settings: ``await make_server(db_dsn, max_channels_per_client=2)``.
 
-    ``port`` (0: any free one) lets a test restart a server in place on the port it had. The
+    ``port`` (0: any free one) lets a test restart a server in place on the port it had;
+    ``wait_live=False`` returns before the stream is live (for servers it must refuse). The
     suite's cluster is an embedded one, as under `make run`: the inspector is in demo mode.
     """
     started: list[LiveServer] = []
 
-    async def start(database_url: str | None, port: int = 0, **overrides: Any) -> LiveServer:
-        # Every default limit applies except the delay of refused joins, which would make each test
-        # of a refusal wait 5 s; the tests of that delay set it themselves.
+    async def start(
+        database_url: str | None, port: int = 0, wait_live: bool = True, **overrides: Any
+    ) -> LiveServer:
+        # Every default limit applies except the delays of refused joins (5 s) and handshakes (2 s),
+        # which would make each test of a refusal wait; the tests of those delays set them.
         overrides.setdefault("refused_join_delay_ms", 0)
-        live = await serve_in_process(server_settings(database_url, port=port, **overrides))
+        overrides.setdefault("refused_connect_delay_ms", 0)
+        live = await serve_in_process(server_settings(database_url, port=port, **overrides), wait_live)
         started.append(live)
         return live
 

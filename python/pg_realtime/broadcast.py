@@ -74,14 +74,14 @@ class Broadcaster:
     def _fan_out(
         self,
         path: str,
-        items: Iterable[tuple[str, bool, Encoder, Channel | None]],
+        items: Iterable[tuple[str, bool, Encoder, Channel | None, str | None]],
         received: int | None = None,
     ) -> int:
         fan_out = self.registry.fan_out
         messages = delivered = 0
-        for subtopic, private, encode, exclude in items:
+        for subtopic, private, encode, exclude, message_id in items:
             messages += 1
-            delivered += fan_out(subtopic, private, encode, exclude=exclude)
+            delivered += fan_out(subtopic, private, encode, exclude, message_id)
         # Label lookups per message showed up in profiles: count once per call.
         self.metrics.messages_in.labels(path).inc(messages if received is None else received)
         self.metrics.deliveries.labels(path).inc(delivered)
@@ -90,14 +90,14 @@ class Broadcaster:
     def relay(self, subtopic: str, private: bool, message: Broadcast, exclude: Channel | None = None) -> int:
         """A client's broadcast, to every subscriber of its topic and visibility but ``exclude``."""
         topic = phoenix.SUBTOPIC_PREFIX + subtopic
-        return self._fan_out("client", [(subtopic, private, encoder(topic, message), exclude)])
+        return self._fan_out("client", [(subtopic, private, encoder(topic, message), exclude, None)])
 
     def rest(self, messages: Iterable[tuple[str, bool, Broadcast]]) -> int:
         """Broadcasts accepted by the REST API: (subtopic, private, message) each."""
         return self._fan_out(
             "rest",
             (
-                (subtopic, private, encoder(phoenix.SUBTOPIC_PREFIX + subtopic, message), None)
+                (subtopic, private, encoder(phoenix.SUBTOPIC_PREFIX + subtopic, message), None, None)
                 for subtopic, private, message in messages
             ),
         )
@@ -107,7 +107,7 @@ class Broadcaster:
         return self._fan_out(
             "bus",
             (
-                (subtopic, private, encoder(phoenix.SUBTOPIC_PREFIX + subtopic, message), None)
+                (subtopic, private, encoder(phoenix.SUBTOPIC_PREFIX + subtopic, message), None, None)
                 for subtopic, private, message in messages
             ),
         )
@@ -116,7 +116,7 @@ class Broadcaster:
         """Rows the commit-safe reader found committed, in its order."""
         now = time.time()
         observe_lag = self.metrics.stream_lag.observe
-        items: list[tuple[str, bool, Encoder, Channel | None]] = []
+        items: list[tuple[str, bool, Encoder, Channel | None, str | None]] = []
         for row in rows:
             observe_lag(max(0.0, now - row.inserted_at))
             if (
@@ -131,5 +131,5 @@ class Broadcaster:
             def encode(vsn: Vsn, row: Row = row) -> Frame | None:
                 return row_frame(vsn, row)
 
-            items.append((row.topic, row.private, encode, None))
+            items.append((row.topic, row.private, encode, None, row.id))
         self._fan_out("database", items, received=len(rows))

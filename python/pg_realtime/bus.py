@@ -72,6 +72,13 @@ class BusRefused(Exception):
     """The database URL cannot carry the bus (a transaction-mode pooler): do not start."""
 
 
+class InRecovery(Exception):
+    """The server is a hot standby, where LISTEN is refused: not the URL's fault, wait for a primary."""
+
+    def __str__(self) -> str:
+        return "the database is a hot standby (in recovery): LISTEN needs the primary"
+
+
 # -- the interface ------------------------------------------------------------------------------
 
 #: One message as it crosses the bus: (subtopic, private, broadcast).
@@ -485,6 +492,8 @@ class PostgresBus:
             await conn.execute(f"listen {CHANNEL}")
         except _CONNECTION_ERRORS:
             raise
+        except psycopg.errors.ReadOnlySqlTransaction:
+            raise InRecovery() from None
         except psycopg.Error as exc:
             raise BusRefused(
                 f"LISTEN is refused on the database URL ({_first_line(exc)}). {POOLER_HINT}"
@@ -501,7 +510,7 @@ class PostgresBus:
                 try:
                     conn = await self._connect(LISTEN_APPLICATION_NAME)
                     await self._listen_once(conn)
-                except BusRefused as exc:
+                except (BusRefused, InRecovery) as exc:
                     self.listening, self.listen_reason = False, str(exc)
                     self._update()
                     log.error("%s", exc)
@@ -605,8 +614,8 @@ class PostgresBus:
             await self._close(listen)
             await self.stop()
             raise
-        except _CONNECTION_ERRORS as exc:
-            log.warning("cluster bus: database unreachable, retrying: %s", _first_line(exc))
+        except (*_CONNECTION_ERRORS, InRecovery) as exc:
+            log.warning("cluster bus: not started, retrying: %s", _first_line(exc))
             await self._close(listen)
             listen = None
         else:

@@ -93,6 +93,14 @@ class Channel:
     can_write: bool | None = None
     #: When the channel's token expires (epoch seconds), None for a token without ``exp``.
     expires_at: float | None = None
+    #: When the token and the read policy are checked again (the reference: every 5 minutes).
+    recheck_at: float | None = None
+    #: Until when a ``replication_ready`` notice may wait for the reader (None: none asked).
+    ready_deadline: float | None = None
+    #: Live frames that arrived while the join was replaying, with their message id.
+    held: list[tuple[Frame, str | None]] | None = None
+    #: Ids of the replayed messages: their live copies are not sent again.
+    replayed: set[str] | None = None
 
     @property
     def key(self) -> tuple[str, bool]:
@@ -134,8 +142,17 @@ class Registry:
     def topics(self) -> list[tuple[str, bool, int]]:
         return [(sub, private, len(chs)) for (sub, private), chs in self._by_key.items()]
 
-    def fan_out(self, subtopic: str, private: bool, encode: Encoder, exclude: Channel | None = None) -> int:
-        """Send to every subscriber of (subtopic, private); returns the number of deliveries."""
+    def fan_out(
+        self,
+        subtopic: str,
+        private: bool,
+        encode: Encoder,
+        exclude: Channel | None = None,
+        message_id: str | None = None,
+    ) -> int:
+        """Send to every subscriber of (subtopic, private); returns the number of deliveries.
+
+        ``message_id`` (a stored message's) is not sent again to a channel that replayed it."""
         subscribers = self._by_key.get((subtopic, private))
         if not subscribers:
             return 0
@@ -145,6 +162,8 @@ class Registry:
         for channel in tuple(subscribers):
             if channel is exclude or not channel.receives_broadcasts:
                 continue
+            if message_id is not None and channel.replayed is not None and message_id in channel.replayed:
+                continue
             vsn = channel.peer.vsn
             if vsn in frames:
                 frame = frames[vsn]
@@ -152,6 +171,9 @@ class Registry:
                 frame = frames[vsn] = encode(vsn)
             if frame is None:
                 continue
-            channel.peer.send(frame)
+            if channel.held is None:
+                channel.peer.send(frame)
+            else:
+                channel.held.append((frame, message_id))
             delivered += 1
         return delivered

@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 
 from .database import Database, DatabaseUnavailable
+from .logs import RateLimitedLog
 
 log = logging.getLogger("pg_realtime")
 
@@ -69,6 +70,7 @@ class Cluster:
         self._warned = False
         self._stopping = asyncio.Event()
         self._poked = asyncio.Event()
+        self._log = RateLimitedLog(log, period_s=60.0)
 
     async def renew(self) -> None:
         async with self.database.connection() as conn:
@@ -113,7 +115,10 @@ class Cluster:
             try:
                 await self.renew()
             except (psycopg.Error, DatabaseUnavailable, OSError) as exc:
-                log.debug("sidecar registry: renewal failed: %s", exc)
+                self._log.log(logging.WARNING, "renewal", "sidecar registry: renewal failed: %s", exc)
+            except Exception:
+                # The lease must outlive any surprise: a sidecar that stops renewing is removed.
+                log.exception("sidecar registry: renewal failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._poked.wait(), self.renew_s)
 

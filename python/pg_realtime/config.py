@@ -101,6 +101,11 @@ class Settings:
     refused_join_delay_ms: float = _opt(
         5000.0, "REALTIME_REFUSED_JOIN_DELAY_MS", "a refused join is answered after this long"
     )
+    refused_connect_delay_ms: float = _opt(
+        2000.0,
+        "REALTIME_REFUSED_CONNECT_DELAY_MS",
+        "a refused WebSocket handshake is answered after this long",
+    )
     no_channel_timeout_s: float = _opt(
         600.0, "REALTIME_NO_CHANNEL_TIMEOUT_S", "close a socket that holds no channel for this long (0 = off)"
     )

@@ -128,8 +128,7 @@ class EmbeddedPostgres:
     def initialized(self) -> bool:
         return (self.pgdata / "PG_VERSION").exists()
 
-    def init(self) -> None:
-        """initdb the cluster if the data directory holds none yet."""
+    def _prepare_dirs(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if _running_as_root():
             # The server user must be able to reach its data directory through ours.
@@ -142,6 +141,10 @@ class EmbeddedPostgres:
                     parent.chmod(mode | 0o001)
         self.socket_dir.mkdir(exist_ok=True)
         self._chown_to_server_user(self.socket_dir)
+
+    def init(self) -> None:
+        """initdb the cluster if the data directory holds none yet."""
+        self._prepare_dirs()
         if self.initialized:
             return
         self.pgdata.mkdir(exist_ok=True)
@@ -210,6 +213,43 @@ class EmbeddedPostgres:
             except OSError:
                 time.sleep(0.05)
         raise EmbeddedPostgresError(f"PostgreSQL did not accept connections on {self.host}:{self.port}")
+
+    def replica(self, data_dir: Path) -> EmbeddedPostgres:
+        """A streaming replica of this running cluster in ``data_dir`` (a base backup, not started).
+
+        ``pg_basebackup -R`` writes standby.signal and primary_conninfo, so the copy starts as a
+        hot standby that follows this cluster until it is promoted.
+        """
+        standby = EmbeddedPostgres(data_dir, host=self.host, superuser=self.superuser, fast=self.fast)
+        standby.settings = dict(self.settings)
+        standby._prepare_dirs()
+        # pg_basebackup fills an empty directory; it needs one that the server user owns.
+        standby.pgdata.mkdir(mode=0o700, exist_ok=True)
+        standby._chown_to_server_user(standby.pgdata)
+        argv = [
+            str(self._bindir / "pg_basebackup"),
+            "-D",
+            str(standby.pgdata),
+            "-h",
+            self.host,
+            "-p",
+            str(self.port),
+            "-U",
+            self.superuser,
+            "-R",
+            "-X",
+            "stream",
+            "-c",
+            "fast",
+        ]
+        if self.fast:
+            argv.append("--no-sync")
+        self._run(argv)
+        return standby
+
+    def promote(self) -> None:
+        """End recovery on a standby: it becomes a primary on a new timeline."""
+        self._run([str(self._bindir / "pg_ctl"), "-D", str(self.pgdata), "-w", "-t", "60", "promote"])
 
     @property
     def running(self) -> bool:

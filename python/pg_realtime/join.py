@@ -6,11 +6,19 @@ exception is replay, whose parameters are checked when the session acts on them.
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 #: The reference server never replays more than this many messages, whatever the client asks.
 REPLAY_HARD_LIMIT = 25
+
+
+def binding_id(binding: dict[str, Any]) -> int:
+    """A stable integer id for a postgres_changes binding, as the reference server gives one."""
+    return zlib.crc32(orjson.dumps(binding, option=orjson.OPT_SORT_KEYS)) & 0x7FFFFFF
 
 
 def flexible_bool(value: Any, default: bool) -> bool:
@@ -26,6 +34,7 @@ def flexible_bool(value: Any, default: bool) -> bool:
 class JoinRequest:
     broadcast_self: bool = False
     broadcast_ack: bool = False
+    replication_ready: bool = False
     private: bool = False
     presence_enabled: bool = False
     presence_key: str = ""
@@ -49,10 +58,12 @@ class JoinRequest:
         return cls(
             broadcast_self=flexible_bool(broadcast.get("self"), False),
             broadcast_ack=flexible_bool(broadcast.get("ack"), False),
+            replication_ready=flexible_bool(broadcast.get("replication_ready"), False),
             private=flexible_bool(config.get("private"), False),
             presence_enabled=flexible_bool(presence.get("enabled"), False),
             presence_key=key if isinstance(key, str) else "",
-            postgres_changes=changes if isinstance(changes, list) else [],
+            # As upstream: null entries are dropped, the rest are bindings.
+            postgres_changes=[c for c in changes if isinstance(c, dict)] if isinstance(changes, list) else [],
             replay=broadcast.get("replay"),
             access_token=token if isinstance(token, str) else None,
         )

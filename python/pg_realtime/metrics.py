@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily
+
+if TYPE_CHECKING:
+    from .stream import MessageStream
 
 
 class PolledCounter:
@@ -19,6 +22,22 @@ class PolledCounter:
 
     def collect(self) -> Iterator[Any]:
         yield CounterMetricFamily(self.name, self.documentation, value=self.source())
+
+
+class PolledLabelledCounter:
+    """A counter family kept elsewhere as {label value: count}, read at every scrape."""
+
+    def __init__(self, name: str, documentation: str, label: str) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.label = label
+        self.source: Callable[[], dict[str, int]] = dict
+
+    def collect(self) -> Iterator[Any]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=[self.label])
+        for value, count in sorted(self.source().items()):
+            family.add_metric([value], count)
+        yield family
 
 
 class Metrics:
@@ -45,6 +64,25 @@ class Metrics:
         self.stream_up = Gauge("realtime_stream_up", "1 while the database reader is live", registry=r)
         self.stream_reads = PolledCounter("realtime_stream_reads", "Reads of realtime.messages")
         r.register(self.stream_reads)
+        self.stream_probes = PolledCounter(
+            "realtime_stream_probes", "Polls that found the snapshot unchanged and read nothing"
+        )
+        r.register(self.stream_probes)
+        self.stream_failovers = PolledLabelledCounter(
+            "realtime_stream_failovers",
+            "Changes of the server behind the database URL, by cause (system_identifier, timeline, "
+            "snapshot_backwards)",
+            "cause",
+        )
+        r.register(self.stream_failovers)
+        self.stream_catch_ups = PolledCounter(
+            "realtime_stream_catch_ups", "Catch-up reads after a changed or restarted server"
+        )
+        r.register(self.stream_catch_ups)
+        self.stream_standby_refusals = PolledCounter(
+            "realtime_stream_standby_refusals", "Connections refused because the server was in recovery"
+        )
+        r.register(self.stream_standby_refusals)
         self.stream_lag = Histogram(
             "realtime_stream_lag_seconds",
             "From the writing transaction's start (inserted_at) to the fan-out of the row",
@@ -54,6 +92,14 @@ class Metrics:
         self.slow_consumers = Counter(
             "realtime_slow_consumer_disconnects_total", "Sockets closed for not reading", registry=r
         )
+
+    def watch_stream(self, stream: MessageStream) -> None:
+        """Read the reader's own counters at every scrape."""
+        self.stream_reads.source = lambda: stream.reads
+        self.stream_probes.source = lambda: stream.probes
+        self.stream_failovers.source = lambda: stream.failovers
+        self.stream_catch_ups.source = lambda: stream.catch_ups
+        self.stream_standby_refusals.source = lambda: stream.refusals
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

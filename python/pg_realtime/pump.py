@@ -80,6 +80,9 @@ class Connection:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._abort_scheduled = False
+        #: Held while a frame, or a rule the timer started, is in progress.
+        self._busy = asyncio.Lock()
+        self._tick_task: asyncio.Task[None] | None = None
 
     def wakeup(self) -> None:
         """The session's outbox has frames, overflowed, or the session is closing."""
@@ -97,6 +100,8 @@ class Connection:
             await self._read_loop()
         finally:
             self._cancel_timer()
+            if self._tick_task is not None:
+                self._tick_task.cancel()
             session = self.session
             session.leave_all()
             if not session.closing:
@@ -135,17 +140,35 @@ class Connection:
     async def handle(self, msg: Message, size: int) -> None:
         """One frame through the session, performing what it asks for until it is done."""
         session = self.session
-        try:
-            session.receive(msg, size)
-            while session.pending is not None:
-                answer = await perform(self.database, session.pending)
-                session.answer(answer)
-        except Exception:
-            # One bad frame must never take the socket (or the server) down.
-            log.exception(
-                "UnknownErrorOnChannel while handling %s on %s", printable(msg.event), printable(msg.topic)
-            )
-            session.abandon()
+        async with self._busy:
+            # A rule the timer started (a periodic check) finishes first: frames keep their order.
+            await self._drive()
+            try:
+                session.receive(msg, size)
+                await self._drive()
+            except Exception:
+                # One bad frame must never take the socket (or the server) down.
+                log.exception(
+                    "UnknownErrorOnChannel while handling %s on %s",
+                    printable(msg.event),
+                    printable(msg.topic),
+                )
+                session.abandon()
+        self._schedule_timer()
+
+    async def _drive(self) -> None:
+        session = self.session
+        while session.pending is not None:
+            answer = await perform(self.database, session.pending)
+            session.answer(answer)
+
+    async def _drive_tick(self) -> None:
+        async with self._busy:
+            try:
+                await self._drive()
+            except Exception:
+                log.exception("UnknownErrorOnChannel in a periodic check")
+                self.session.abandon()
         self._schedule_timer()
 
     # -- timers ---------------------------------------------------------------------------------
@@ -170,7 +193,13 @@ class Connection:
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = None
+        if self._busy.locked():
+            # A frame is being handled: its end re-arms the timer, and the tick runs then.
+            return
         self.session.tick()
+        if self.session.pending is not None:
+            self._tick_task = asyncio.get_running_loop().create_task(self._drive_tick())
+            return
         self._schedule_timer()
 
     # -- output ---------------------------------------------------------------------------------

@@ -10,10 +10,6 @@ TOPIC_NAME_TOO_LONG = "TopicNameTooLong: The topic name must be at most 255 byte
 TOO_MANY_CHANNELS = "ChannelRateLimitReached: Too many channels"
 TOO_MANY_JOINS = "ClientJoinRateLimitReached: Too many joins per second"
 UNMATCHED_TOPIC = "unmatched topic"
-POSTGRES_CHANGES_UNSUPPORTED = (
-    "PostgresChangesNotSupported: this server implements Broadcast only; "
-    "Postgres Changes bindings cannot be joined"
-)
 PRESENCE_UNSUPPORTED = "PresenceNotSupported: Presence is not supported by this server yet"
 REPLAY_INVALID = "UnableToReplayMessages: Replay params are not valid"
 REPLAY_FAILED = "UnableToReplayMessages: Realtime was unable to replay messages"
@@ -26,6 +22,21 @@ PAYLOAD_SIZE_EXCEEDED = "payload_size_exceeded"
 
 def unauthorized_read(subtopic: str) -> str:
     return f"Unauthorized: You do not have permissions to read from this Channel topic: {subtopic}"
+
+
+#: Postgres Changes are announced, not served: a ``system`` message of status "ok" in upstream's
+#: shape, because "error" makes realtime-py rejoin the channel for ever.
+POSTGRES_CHANGES_NOT_SERVED = (
+    "Postgres Changes are not served by this server: broadcast the rows with a "
+    "realtime.broadcast_changes() trigger and listen for broadcasts instead"
+)
+REPLICATION_READY = "Replication connection established"
+REPLICATION_NOT_READY = "Replication connection was not established in time"
+
+
+def no_read_permission(subtopic: str) -> str:
+    """An access_token refresh or a periodic check that finds the user may no longer read."""
+    return f"You do not have permissions to read from this Channel topic: {subtopic}"
 
 
 def revoked_read(subtopic: str) -> str:

@@ -7,6 +7,7 @@ is sent; private topics need the caller's RLS write permission, checked once per
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any
 
 import orjson
@@ -17,6 +18,7 @@ from .broadcast import Broadcast, Broadcaster
 from .database import Database, DatabaseUnavailable
 from .join import flexible_bool
 from .limits import RateWindow
+from .logs import printable
 from .metrics import Metrics
 from .phoenix import PayloadEncoding, UserBroadcast
 from .policies import PolicyError
@@ -24,6 +26,7 @@ from .session import TokenVerifier
 
 log = logging.getLogger("pg_realtime")
 
+RATE_EXCEEDED = {"message": "You have exceeded your rate limit"}
 BATCH_TOO_LARGE = {"message": "Too many messages to broadcast, please reduce the batch size"}
 PAYLOAD_TOO_LARGE = {"errors": {"payload": ["Payload size exceeds tenant limit"]}}
 
@@ -63,9 +66,34 @@ def validate_message(message: Any) -> dict[str, list[str]]:
     elif not isinstance(message["payload"], dict):
         errors["payload"] = ["is invalid"]
     private = message.get("private")
-    if private is not None and not isinstance(private, bool | str):
+    if private is not None and not isinstance(private, bool) and not _is_boolean_text(private):
         errors["private"] = ["is invalid"]
+    message_id = message.get("id")
+    if message_id is not None and not _is_uuid(message_id):
+        errors["id"] = ["is invalid"]
     return errors
+
+
+def _is_boolean_text(value: Any) -> bool:
+    # Ecto's :boolean cast accepts these strings, and nothing else.
+    return isinstance(value, str) and value.lower() in ("true", "false", "1", "0")
+
+
+def _batch_private(value: Any) -> bool:
+    """A batch entry's ``private``, cast as Ecto's :boolean casts it."""
+    if isinstance(value, str):
+        return value.lower() in ("true", "1")
+    return value is True
+
+
+def _is_uuid(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
 
 
 class RestApi:
@@ -124,22 +152,26 @@ class RestApi:
         errors = [validate_message(message) for message in messages]
         if any(errors):
             return json_response(422, {"errors": {"messages": errors}})
-        for message in messages:
-            if len(orjson.dumps(message["payload"])) > self.max_payload_bytes:
-                self._refused("payload_size")
-                return json_response(422, PAYLOAD_TOO_LARGE)
-        private_topics = {m["topic"] for m in messages if flexible_bool(m.get("private"), False)}
+        oversize = [len(orjson.dumps(m["payload"])) > self.max_payload_bytes for m in messages]
+        if any(oversize):
+            # As upstream's embedded changesets: the error sits in the offending entry.
+            self._refused("payload_size")
+            entries = [PAYLOAD_TOO_LARGE["errors"] if big else {} for big in oversize]
+            return json_response(422, {"errors": {"messages": entries}})
+        private_topics = {m["topic"] for m in messages if _batch_private(m.get("private"))}
         if self.max_batch_private_topics and len(private_topics) > self.max_batch_private_topics:
             # Each private topic is a policy check in the database: bound the work one request buys.
             self._refused("batch_size")
             return json_response(429, BATCH_TOO_LARGE)
         if not self.events.allow(cost=len(messages)):
             self._refused("events_per_second")
-            return json_response(429, {"message": "Too many requests"})
+            if len(messages) > 1 and self.events.allow(cost=1):
+                return json_response(429, BATCH_TOO_LARGE)
+            return json_response(429, RATE_EXCEEDED)
         allowed: dict[str, bool] = {}
         accepted: list[tuple[str, bool, Broadcast]] = []
         for message in messages:
-            private = flexible_bool(message.get("private"), False)
+            private = _batch_private(message.get("private"))
             topic = message["topic"]
             if private:
                 if topic not in allowed:
@@ -178,7 +210,8 @@ class RestApi:
         body = await request.read()
         if media in ("", "application/json"):
             try:
-                value = orjson.loads(body) if body else {}
+                # Without a Content-Type the reference server leaves the body unparsed: {}.
+                value = orjson.loads(body) if body and media else {}
             except orjson.JSONDecodeError:
                 return json_response(400, {"message": "Malformed JSON body"})
             if not isinstance(value, dict):
@@ -198,17 +231,18 @@ class RestApi:
             return json_response(422, PAYLOAD_TOO_LARGE)
         if not self.events.allow():
             self._refused("events_per_second")
-            return json_response(429, {"message": "Too many requests"})
+            return json_response(429, RATE_EXCEEDED)
         private = flexible_bool(request.query.get("private"), False)
         if private:
             try:
                 allowed = await self._can_write(topic, claims)
             except PolicyError as exc:
-                return json_response(422, {"message": f"RlsPolicyError: {exc}"})
-            except DatabaseUnavailable:
-                return json_response(
-                    500, {"message": "Realtime was unable to connect to the project database"}
-                )
+                # The database's text is the operator's, not the caller's.
+                log.warning("RlsPolicyError: REST write check on %s failed: %s", printable(topic), exc)
+                return json_response(422, {"message": "RLS policy error"})
+            except DatabaseUnavailable as exc:
+                log.warning("UnableToConnectToProject: REST write check on %s: %s", printable(topic), exc)
+                return json_response(422, {"message": "Tenant database unavailable"})
             if not allowed:
                 self._refused("unauthorized_write")
                 return json_response(403, {"message": "Unauthorized"})

@@ -77,8 +77,7 @@ class RealtimeServer:
                 poll_interval=settings.poll_interval_ms / 1000,
                 on_state=self._stream_state,
             )
-            stream = self.stream
-            self.metrics.stream_reads.source = lambda: stream.reads
+            self.metrics.watch_stream(self.stream)
         refusals = self.metrics.refusals
         self.session_context = SessionContext(
             registry=self.registry,
@@ -90,6 +89,7 @@ class RealtimeServer:
             refused=lambda reason: refusals.labels(reason).inc(),
             slow_consumer=self.metrics.slow_consumers.inc,
             log_refusal=self._log_refusal,
+            stream_live=lambda: self.stream is not None and self.stream.live,
         )
         self.rest = RestApi(
             self.verifier,
@@ -235,7 +235,8 @@ class RealtimeServer:
             return json_response(503, {"error": "Server is shutting down"})
         vsn = phoenix.parse_vsn(request.query.get("vsn"))
         if vsn is None:
-            return json_response(400, {"error": "Unsupported serializer version"})
+            # As Phoenix answers a serializer it does not have: 403 with an empty body.
+            return web.Response(status=403)
         headers = request.headers
         token = headers.get("x-api-key") or request.query.get("apikey") or headers.get("apikey")
         token = token or bearer(headers.get("Authorization"))
@@ -243,6 +244,8 @@ class RealtimeServer:
             claims = self.verifier.verify(token)
         except AuthError as exc:
             self.metrics.refusals.labels("invalid_token").inc()
+            # As the reference server: a misconfigured client retries no faster than this.
+            await asyncio.sleep(self.settings.refused_connect_delay_ms / 1000)
             return json_response(401, {"error": exc.http_message})
         if len(self.connections) >= self.max_connections:
             self.metrics.refusals.labels("max_connections").inc()

@@ -25,7 +25,7 @@ from . import phoenix, reasons
 from .auth import AuthError
 from .broadcast import row_frame
 from .channels import Channel, Frame, Outbox, Registry
-from .join import JoinRequest
+from .join import JoinRequest, binding_id
 from .limits import RateWindow, SessionLimits
 from .logs import printable
 from .phoenix import Message, UserBroadcast, Vsn
@@ -36,6 +36,11 @@ log = logging.getLogger("pg_realtime")
 
 #: The longest subtopic a join may name, in UTF-8 bytes.
 MAX_TOPIC_BYTES = 255
+#: Joined channels have their token and read policy checked again this often (as upstream).
+RECHECK_INTERVAL_S = 300.0
+#: ``replication_ready``: how long the notice may wait for the reader, and how often to look.
+REPLICATION_READY_TIMEOUT_S = 60.0
+READY_POLL_S = 0.5
 SLOW_CONSUMER_CLOSE = 1008  # policy violation: the client stopped reading
 POLICY_VIOLATION = 1008
 NORMAL_CLOSE = 1000
@@ -89,6 +94,8 @@ class SessionContext:
     slow_consumer: Callable[[], None] = _ignore
     #: Logs a refused join: (metric, topic, text); the server's is rate-limited and escapes the topic.
     log_refusal: Callable[[str, str, str], None] = _log_refusal
+    #: Whether the reader of committed messages is live (for ``replication_ready``).
+    stream_live: Callable[[], bool] = lambda: True
 
 
 class Session:
@@ -146,6 +153,10 @@ class Session:
         """Drop the rule in progress (its request failed in a way the rule cannot handle)."""
         self._rule = None
         self.pending = None
+        for channel in list(self.channels.values()):
+            if channel.held is not None:  # a join that was replaying: it never completed
+                channel.held = None
+                self._leave(channel)
 
     def tick(self, now: float | None = None) -> None:
         """Send the join refusals that are due, expire channels whose token has expired, and close
@@ -156,6 +167,15 @@ class Session:
         for channel in list(self.channels.values()):
             if channel.expires_at is not None and channel.expires_at <= self.now:
                 self._expire(channel)
+            elif channel.ready_deadline is not None:
+                self._announce_ready(channel)
+        if self.pending is None and not self.closing:
+            due = [
+                ch for ch in self.channels.values() if ch.recheck_at is not None and ch.recheck_at <= self.now
+            ]
+            if due:
+                # One channel at a time: a rule started here is driven like a frame's.
+                self._advance(self._recheck(min(due, key=lambda ch: ch.recheck_at or 0.0)), None)
         if not self.channels and not self.closing and self.pending is None:
             timeout = self.context.limits.no_channel_timeout_s
             if timeout and self._empty_since is not None and self.now >= self._empty_since + timeout:
@@ -168,6 +188,9 @@ class Session:
     def next_deadline(self) -> float | None:
         """When :meth:`tick` has something to do next (epoch seconds), None if never."""
         deadlines = [ch.expires_at for ch in self.channels.values() if ch.expires_at is not None]
+        deadlines += [ch.recheck_at for ch in self.channels.values() if ch.recheck_at is not None]
+        if any(ch.ready_deadline is not None for ch in self.channels.values()):
+            deadlines.append(self.now + READY_POLL_S)
         if self._deferred:
             deadlines.append(self._deferred[0][0])
         if not self.channels and not self.closing:
@@ -204,6 +227,21 @@ class Session:
 
     def _reply(self, msg: Message, status: str, response: Any) -> None:
         self.send(phoenix.encode_reply(self.vsn, msg.join_ref, msg.ref, msg.topic, status, response))
+
+    def _unmatched(self, msg: Message) -> None:
+        # Phoenix's own reply for a topic no channel serves: it carries no join_ref.
+        self.send(
+            phoenix.encode_reply(
+                self.vsn, None, msg.ref, msg.topic, "error", {"reason": reasons.UNMATCHED_TOPIC}
+            )
+        )
+
+    def _system(self, channel: Channel, extension: str, status: str, message: str) -> None:
+        self._push(
+            channel,
+            "system",
+            {"extension": extension, "status": status, "message": message, "channel": channel.subtopic},
+        )
 
     def _push(self, channel: Channel, event: str, payload: Any) -> None:
         self.send(phoenix.encode_push(self.vsn, channel.join_ref, channel.topic, event, payload))
@@ -261,6 +299,8 @@ class Session:
         if msg.topic == "phoenix":
             if msg.event == "heartbeat":
                 self._reply(msg, "ok", {})
+            else:
+                self._unmatched(msg)
             return
         if msg.event == "phx_join":
             yield from self._join(msg)
@@ -273,7 +313,7 @@ class Session:
                 self._leave(channel)
             return
         if channel is None:
-            self._reply(msg, "error", {"reason": reasons.UNMATCHED_TOPIC})
+            self._unmatched(msg)
             return
         if msg.event == "broadcast":
             yield from self._client_broadcast(channel, msg, size)
@@ -287,7 +327,7 @@ class Session:
         context = self.context
         subtopic = phoenix.subtopic(msg.topic)
         if subtopic is None:
-            self._reply(msg, "error", {"reason": reasons.UNMATCHED_TOPIC})
+            self._unmatched(msg)
             return
         if not subtopic:
             self._reply(msg, "error", {"reason": reasons.TOPIC_NAME_REQUIRED})
@@ -317,9 +357,6 @@ class Session:
             else:
                 self.send(frame)
 
-        if request.postgres_changes:
-            refuse(reasons.POSTGRES_CHANGES_UNSUPPORTED, "postgres_changes")
-            return
         if not self.joins.allow() or not context.joins.allow():
             context.refused("joins_per_second")
             context.log_refusal("joins_per_second", msg.topic, reasons.TOO_MANY_JOINS)
@@ -351,6 +388,7 @@ class Session:
             token=token,
             claims=claims,
             expires_at=self._expiry(claims),
+            recheck_at=self.now + RECHECK_INTERVAL_S,
         )
         if request.private:
             allowed = yield ReadCheck(subtopic, claims)
@@ -378,23 +416,59 @@ class Session:
             if window is None:
                 refuse(reasons.REPLAY_INVALID, "replay")
                 return
+            # The channel takes live messages from before the replay query on, held back until
+            # the join reply and the replayed rows are out: a message committed meanwhile is
+            # neither lost nor, being in the replay too, sent twice.
+            channel.held = []
+            self._register(channel)
             rows = yield ReplayQuery(subtopic, *window)
             if not isinstance(rows, list):
+                self._leave(channel)
+                channel.held = None
                 refuse(reasons.REPLAY_FAILED, "replay")
                 return
             replayed = rows
         if self.closing:
             return
-        self.channels[msg.topic] = channel
-        self._empty_since = None
-        context.registry.add(channel)
-        self._reply(msg, "ok", {"postgres_changes": []})
+        self._register(channel)
+        bindings = [{**binding, "id": binding_id(binding)} for binding in request.postgres_changes]
+        self._reply(msg, "ok", {"postgres_changes": bindings})
         if request.presence_enabled:
             self._push(channel, "presence_state", {})
+        if bindings:
+            self._system(channel, "postgres_changes", "ok", reasons.POSTGRES_CHANGES_NOT_SERVED)
+        if replayed:
+            channel.replayed = {row.id for row in replayed}
         for row in replayed:
             frame = row_frame(self.vsn, row, replayed=True)
             if frame is not None:
                 self.send(frame)
+        if channel.held is not None:
+            held, channel.held = channel.held, None
+            skip = channel.replayed or set()
+            for frame, message_id in held:
+                if message_id is None or message_id not in skip:
+                    self.send(frame)
+        if request.replication_ready:
+            channel.ready_deadline = self.now + REPLICATION_READY_TIMEOUT_S
+            self._announce_ready(channel)
+
+    def _register(self, channel: Channel) -> None:
+        if self.channels.get(channel.topic) is not channel:
+            self.channels[channel.topic] = channel
+            self._empty_since = None
+            self.context.registry.add(channel)
+
+    def _announce_ready(self, channel: Channel) -> None:
+        """``replication_ready``: a system ok once the reader is live, or a shutdown after a minute."""
+        if channel.ready_deadline is None:
+            return
+        if self.context.stream_live():
+            channel.ready_deadline = None
+            self._system(channel, "system", "ok", reasons.REPLICATION_READY)
+        elif self.now >= channel.ready_deadline:
+            channel.ready_deadline = None
+            self._shutdown_channel(channel, reasons.REPLICATION_NOT_READY)
 
     def _client_broadcast(self, channel: Channel, msg: Message, size: int) -> _Rule:
         context = self.context
@@ -466,7 +540,9 @@ class Session:
                 )
                 return
             elif isinstance(answer, PolicyFailed):
-                log.warning("RlsPolicyError: read check on %s failed: %s", channel.subtopic, answer.detail)
+                log.warning(
+                    "RlsPolicyError: read check on %s failed: %s", printable(channel.subtopic), answer.detail
+                )
                 allowed = False
             else:
                 allowed = answer is True
@@ -474,10 +550,31 @@ class Session:
                 return
             if not allowed:
                 channel.can_read = False
-                self._shutdown_channel(channel, reasons.revoked_read(channel.subtopic))
+                self._shutdown_channel(channel, reasons.no_read_permission(channel.subtopic))
                 return
             channel.can_read = True
             channel.can_write = None  # re-checked on the next send, with the new claims
         channel.token = token
         channel.claims = claims
         channel.expires_at = self._expiry(claims)
+        channel.recheck_at = self.now + RECHECK_INTERVAL_S
+
+    def _recheck(self, channel: Channel) -> _Rule:
+        """The periodic check of a joined channel: its token still verifies (a changed secret or
+        JWKS), and a private channel's user may still read."""
+        channel.recheck_at = self.now + RECHECK_INTERVAL_S
+        try:
+            claims = self.context.verifier.verify(channel.token, self.now)
+        except AuthError as exc:
+            self._shutdown_channel(channel, exc.message)
+            return
+        if not channel.private:
+            return
+        answer = yield ReadCheck(channel.subtopic, claims)
+        if self.channels.get(channel.topic) is not channel:
+            return
+        if isinstance(answer, Unavailable):
+            return  # checked again at the next period
+        if answer is not True:
+            channel.can_read = False
+            self._shutdown_channel(channel, reasons.no_read_permission(channel.subtopic))

@@ -13,14 +13,44 @@ disjoint: nothing is read twice even if a writer stored a forged xid. S lives in
 after a lost connection the next read resumes from it, so what committed meanwhile still
 arrives. Within one read, rows are ordered by (xid, seq): a transaction that began after
 another committed has the larger xid, and seq orders the rows of one transaction.
+
+Idle cost. On a primary, ``pg_current_snapshot()`` changes exactly when a transaction that
+had an xid ends (PostgreSQL reuses the cached snapshot until then), so an unchanged snapshot
+means nothing new can be visible. While the snapshot stays the same the reader only probes
+it; the full read runs when it moved. Both are prepared statements on the reader's own
+connection, the read with a generic plan, so neither is parsed or planned again. After a
+second without any change the probing moves into the database: one statement that returns
+as soon as the snapshot moves (looking every poll interval) or after a second. Waking this
+process 200 times a second costs a few percent of a core even when nothing is found; a
+backend looking at its snapshot costs a fraction of that, and the first message after a
+silence is no later than before. Where the role may not create temporary functions, the
+probe stays here.
+
+Where it must not run. On a hot standby ``pg_current_snapshot()`` has an empty in-progress
+list (during recovery PostgreSQL keeps every running xid in the snapshot's subxip array), so
+the rule above would skip the rows of a transaction that was open while a later one
+committed. The reader refuses a server in recovery: it stays down, says why, reads nothing,
+and checks again (a promoted standby is then read like any primary).
+
+A different server behind the same URL. After a failover to an asynchronous standby,
+transaction ids the old primary had issued can be issued again, so S from the old server
+could hide new rows. On every connection the reader compares the server's identity (system
+identifier, timeline, postmaster start) with the one it read before, and while connected it
+watches for the snapshot going backwards. When the server changed (or restarted, which after
+a crash with asynchronous commits can reuse xids too) it makes one catch-up read: the rows the
+xid rule selects (same system only), plus every row inserted since shortly before the last
+read of the old server, minus the ids it delivered in that span. Rows of the new server's
+transactions cannot be older than that, since they began after the promotion.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Callable
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -30,23 +60,99 @@ from .rows import Row
 
 log = logging.getLogger(__name__)
 
-_CURRENT_SNAPSHOT = "select pg_current_snapshot()::text"
+_PROBE = "select pg_current_snapshot()::text"
 
-_READ = """
+# The idle wait runs in the reader's own backend: it returns the snapshot as soon as it differs
+# from the one given, or after ``timeout`` seconds, looking every ``step`` seconds. A backend
+# waking up in C costs a small fraction of this process waking up in Python. Each statement of a
+# volatile function takes a fresh snapshot, so every look sees what committed meanwhile.
+_WAIT_FUNCTION = """
+create function pg_temp.realtime_wait(prev text, timeout float8, step float8) returns text
+language plpgsql volatile as $$
+declare
+    v_deadline timestamptz := pg_catalog.clock_timestamp() + pg_catalog.make_interval(secs => timeout);
+    v_snap text;
+begin
+    loop
+        v_snap := pg_catalog.pg_current_snapshot()::text;
+        exit when v_snap <> prev or pg_catalog.clock_timestamp() >= v_deadline;
+        perform pg_catalog.pg_sleep(step);
+    end loop;
+    return v_snap;
+end;
+$$
+"""
+_WAIT = "select pg_temp.realtime_wait(%s, %s, %s)"
+
+# Who the server is. pg_walfile_name() names the current timeline, but only outside recovery.
+_IDENTITY = """
+select (select system_identifier from pg_control_system())::text,
+       pg_is_in_recovery(),
+       extract(epoch from pg_postmaster_start_time())::float8,
+       case when pg_is_in_recovery() then null else pg_walfile_name(pg_current_wal_lsn()) end
+"""
+
+_COLUMNS = """cur.snap::text, m.id::text, m.topic, m.event, m.private, m.payload::text, m.binary_payload,
+       extract(epoch from m.inserted_at)::float8"""
+_ROW = """msg.id, msg.topic, msg.event, msg.private, msg.payload, msg.binary_payload,
+           msg.inserted_at, msg.xid, msg.seq"""
+
+# Two halves (xid >= xmax(S); xid in xip(S)), disjoint since every xid in xip(S) is below xmax(S):
+# each is an index range or lookup by itself, which a generic plan keeps (an OR of the two may not).
+_READ = f"""
 with cur as materialized (select pg_current_snapshot() as snap)
-select cur.snap::text, m.id::text, m.topic, m.event, m.private, m.payload::text, m.binary_payload,
-       extract(epoch from m.inserted_at)::float8
+select {_COLUMNS}
 from cur
 left join lateral (
-    select msg.id, msg.topic, msg.event, msg.private, msg.payload, msg.binary_payload,
-           msg.inserted_at, msg.xid, msg.seq
-    from realtime.messages as msg
-    where (msg.xid >= pg_snapshot_xmax(%(prev)s::pg_snapshot)
-           or msg.xid = any(array(select pg_snapshot_xip(%(prev)s::pg_snapshot))))
-      and pg_visible_in_snapshot(msg.xid, cur.snap)
+    (select {_ROW}
+     from realtime.messages as msg
+     where msg.xid >= pg_snapshot_xmax(%(prev)s::pg_snapshot)
+       and pg_visible_in_snapshot(msg.xid, cur.snap))
+    union all
+    (select {_ROW}
+     from realtime.messages as msg
+     where msg.xid = any(array(select pg_snapshot_xip(%(prev)s::pg_snapshot)))
+       and pg_visible_in_snapshot(msg.xid, cur.snap))
 ) as m on true
 order by m.xid, m.seq
 """
+
+# After the server changed: the xid rule against the old snapshot where xids still mean the same
+# transactions (same system), and every row inserted since ``since`` (a scan of the partitions
+# from then on, once per failover); the caller drops repeats and the ids it has delivered already.
+_CATCH_UP = f"""
+with cur as materialized (select pg_current_snapshot() as snap)
+select {_COLUMNS}
+from cur
+left join lateral (
+    (select {_ROW}
+     from realtime.messages as msg
+     where %(same_system)s
+       and (msg.xid >= pg_snapshot_xmax(%(prev)s::pg_snapshot)
+            or msg.xid = any(array(select pg_snapshot_xip(%(prev)s::pg_snapshot))))
+       and pg_visible_in_snapshot(msg.xid, cur.snap))
+    union all
+    (select {_ROW}
+     from realtime.messages as msg
+     where msg.inserted_at >= to_timestamp(%(since)s) at time zone 'utc'
+       and pg_visible_in_snapshot(msg.xid, cur.snap))
+) as m on true
+order by m.xid, m.seq
+"""
+
+#: How far before the last read of the old server the catch-up read looks (clock skew between
+#: the sidecar and the database, a brief overlap of old and new primary); delivered ids are
+#: remembered for twice as long so that the catch-up never repeats one.
+CATCH_UP_WINDOW_S = 5.0
+
+#: After this long without any change of the snapshot, the reader polls at its idle interval.
+IDLE_AFTER_S = 1.0
+
+#: The longest an idle wait in the database lasts before this process looks up again.
+IDLE_WAIT_S = 1.0
+
+#: How often a server in recovery is checked again.
+STANDBY_RECHECK_S = 1.0
 
 
 # The replay of a private channel's join: the newest messages of one topic since a time, in
@@ -98,6 +204,38 @@ class StreamState(StrEnum):
 RowsHandler = Callable[[list[Row]], None]
 
 
+@dataclass(frozen=True, slots=True)
+class ServerIdentity:
+    """What tells one PostgreSQL server (and one run and history of it) from another."""
+
+    system_identifier: str
+    timeline: int
+    started_at: float
+
+    def change_from(self, previous: ServerIdentity) -> str | None:
+        """Why ``previous`` and this are not the same server history (None: they are)."""
+        if self.system_identifier != previous.system_identifier:
+            return "system_identifier"
+        if self.timeline != previous.timeline:
+            return "timeline"
+        return None
+
+
+class StandbyRefused(Exception):
+    """The server is in recovery: the commit-safe cursor would lose rows there."""
+
+
+STANDBY_REASON = (
+    "the database is a hot standby (in recovery): pg_current_snapshot() lists no in-progress "
+    "transactions there, so rows would be lost; point the database URL at the primary"
+)
+
+
+def snapshot_xmax(snapshot: str) -> int:
+    """xmax of a pg_snapshot in text form (``xmin:xmax:xip,...``)."""
+    return int(snapshot.split(":", 2)[1])
+
+
 class MessageStream:
     """Polls realtime.messages with the commit-safe cursor and hands batches to ``on_rows``."""
 
@@ -108,17 +246,34 @@ class MessageStream:
         poll_interval: float = 0.005,
         on_state: Callable[[StreamState, str], None] | None = None,
         max_backoff: float = 5.0,
+        catch_up_window: float = CATCH_UP_WINDOW_S,
+        idle_wait: float = IDLE_WAIT_S,
+        idle_after: float = IDLE_AFTER_S,
     ) -> None:
         self.dsn = dsn
         self.on_rows = on_rows
         self.poll_interval = poll_interval
+        self.idle_wait = idle_wait
+        self.idle_after = idle_after
         self.on_state = on_state
         self.max_backoff = max_backoff
+        self.catch_up_window = catch_up_window
         self.state = StreamState.STARTING
         self.reason = "starting"
         self.snapshot: str | None = None
+        self.identity: ServerIdentity | None = None
+        #: Full reads of realtime.messages, and probes that found the snapshot unchanged.
         self.reads = 0
+        self.probes = 0
+        #: Changes of the server behind the URL, by cause (system_identifier, timeline,
+        #: snapshot_backwards), and catch-up reads made for any reason (these and restarts).
+        self.failovers: dict[str, int] = {}
+        self.catch_ups = 0
+        self.refusals = 0
+        self._last_read_at = 0.0  # wall clock of the last successful read
+        self._delivered: deque[tuple[float, Sequence[str]]] = deque()
         self._stopping = asyncio.Event()
+        self._sleeper: asyncio.Future[None] | None = None
 
     def _set_state(self, state: StreamState, reason: str) -> None:
         if state != self.state or reason != self.reason:
@@ -132,6 +287,8 @@ class MessageStream:
 
     def stop(self) -> None:
         self._stopping.set()
+        if self._sleeper is not None and not self._sleeper.done():
+            self._sleeper.set_result(None)
 
     async def run(self) -> None:
         backoff = 0.1
@@ -141,7 +298,9 @@ class MessageStream:
                     self.dsn,
                     autocommit=True,
                     application_name="pg-realtime stream",
-                    prepare_threshold=None,
+                    # Prepare every statement at its first use: the probe and the read run hundreds
+                    # of times a second on this connection of our own (never through a pooler).
+                    prepare_threshold=0,
                     connect_timeout=5,
                 )
             except (psycopg.OperationalError, OSError) as exc:
@@ -151,14 +310,15 @@ class MessageStream:
                 continue
             try:
                 async with conn:
-                    # The first snapshot is where news starts: rows committed before it are history.
-                    if self.snapshot is None:
-                        cur = await conn.execute(_CURRENT_SNAPSHOT)
-                        first = await cur.fetchone()
-                        assert first is not None
-                        self.snapshot = str(first[0])
+                    await self._start(conn)
                     backoff = 0.1
                     await self._poll(conn)
+            except StandbyRefused:
+                self.refusals += 1
+                if self.reason != STANDBY_REASON:
+                    log.error("ReadFromStandbyRefused: %s", STANDBY_REASON)
+                self._set_state(StreamState.DOWN, STANDBY_REASON)
+                await self._sleep(STANDBY_RECHECK_S)
             except (psycopg.OperationalError, psycopg.errors.AdminShutdown, OSError) as exc:
                 self._set_state(StreamState.DOWN, f"database connection lost: {_first_line(exc)}")
                 await self._sleep(backoff)
@@ -171,29 +331,182 @@ class MessageStream:
                 await self._sleep(self.max_backoff)
         self._set_state(StreamState.STOPPED, "stopped")
 
+    async def _start(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Check who the server is; on a changed or restarted one, catch up before polling."""
+        # A generic plan: the read's parameters never change its best plan (an xid index lookup per
+        # partition), and a custom plan would be planned again at every read. Without the values the
+        # planner guesses a third of the rows for `xid >= $1` and could pick a sequential scan of
+        # each partition; the read is always an index lookup, so sequential scans are off here.
+        await conn.execute("set plan_cache_mode = force_generic_plan")
+        await conn.execute("set enable_seqscan = off")
+        identity = await self._identity(conn)
+        previous, self.identity = self.identity, identity
+        if self.snapshot is None:
+            # The first snapshot is where news starts: rows committed before it are history.
+            cur = await conn.execute(_PROBE)
+            first = await cur.fetchone()
+            assert first is not None
+            self.snapshot = str(first[0])
+            self._last_read_at = time.time()
+            return
+        if previous is None:
+            return
+        change = identity.change_from(previous)
+        if change is not None:
+            self._count_failover(change)
+            log.warning(
+                "DatabaseChanged: the server behind the database URL changed (%s: %s -> %s); "
+                "catching up from %.0f s before the last read",
+                change,
+                _describe(previous, change),
+                _describe(identity, change),
+                self.catch_up_window,
+            )
+            await self._catch_up(conn, same_system=change != "system_identifier")
+        elif identity.started_at != previous.started_at:
+            # A restart: after a crash, xids of asynchronously committed transactions can come again.
+            log.info("database restarted; catching up from %.0f s before the last read", self.catch_up_window)
+            await self._catch_up(conn, same_system=True)
+
+    async def _identity(self, conn: psycopg.AsyncConnection[Any]) -> ServerIdentity:
+        cur = await conn.execute(_IDENTITY)
+        row = await cur.fetchone()
+        assert row is not None
+        system_identifier, in_recovery, started_at, walfile = row
+        if in_recovery:
+            raise StandbyRefused()
+        return ServerIdentity(str(system_identifier), int(str(walfile)[:8], 16), float(started_at))
+
+    def _count_failover(self, cause: str) -> None:
+        self.failovers[cause] = self.failovers.get(cause, 0) + 1
+
+    async def _catch_up(self, conn: psycopg.AsyncConnection[Any], same_system: bool) -> None:
+        """One read of what the xid rule could miss on a changed server, without repeats."""
+        assert self.snapshot is not None
+        since = self._last_read_at - self.catch_up_window
+        cur = await conn.execute(
+            _CATCH_UP, {"prev": self.snapshot, "same_system": same_system, "since": since}
+        )
+        records = await cur.fetchall()
+        delivered = {row_id for _, ids in self._delivered for row_id in ids}
+        rows = []
+        for row in _rows(records):
+            if row.id not in delivered:  # both halves of the read may return a row
+                delivered.add(row.id)
+                rows.append(row)
+        self.catch_ups += 1
+        if rows:
+            self.on_rows(rows)
+            self._remember(rows)
+        self.snapshot = records[0][0]
+        self._last_read_at = time.time()
+
+    def _remember(self, rows: list[Row]) -> None:
+        """Keep the ids delivered lately, for the catch-up read to leave out."""
+        now = time.time()
+        delivered = self._delivered
+        delivered.append((now, [row.id for row in rows]))
+        horizon = now - 2 * self.catch_up_window
+        while delivered and delivered[0][0] < horizon:
+            delivered.popleft()
+
     async def _poll(self, conn: psycopg.AsyncConnection[Any]) -> None:
         loop = asyncio.get_running_loop()
+        cursor = conn.cursor()
+        changed = True  # read at once after (re)connecting
+        quiet_since = loop.time()
+        waits = await self._create_wait(conn)
         while not self._stopping.is_set():
             # Reads start every poll_interval: the time a read and its fan-out take comes out
             # of the pause, not on top of it (on top, it would stretch the wait for a new row
             # just when there is most to deliver).
             started = loop.time()
-            cur = await conn.execute(_READ, {"prev": self.snapshot})
-            records = await cur.fetchall()
+            assert self.snapshot is not None
+            if not changed:
+                # While something changed at the last poll the probe would only cost a round trip.
+                quiet = started - quiet_since >= self.idle_after
+                if quiet and waits:
+                    await cursor.execute(_WAIT, (self.snapshot, self.idle_wait, self.poll_interval))
+                else:
+                    await cursor.execute(_PROBE)
+                probed = await cursor.fetchone()
+                assert probed is not None
+                changed = probed[0] != self.snapshot
+                if not changed:
+                    self.probes += 1
+                    self._last_read_at = time.time()
+                    self._set_state(StreamState.LIVE, "ok")
+                    if not (quiet and waits):
+                        await self._sleep(self.poll_interval - (loop.time() - started))
+                    continue
+                quiet_since = started
+            await cursor.execute(_READ, {"prev": self.snapshot})
+            records = await cursor.fetchall()
             self.reads += 1
             self._set_state(StreamState.LIVE, "ok")
             new_snapshot = records[0][0]
-            rows = [_row(r, 1) for r in records if r[1] is not None]
+            rows = _rows(records)
             # Deliver before advancing: if delivery raised, the same rows would come back.
             if rows:
                 self.on_rows(rows)
-            self.snapshot = new_snapshot
+                self._remember(rows)
+            went_backwards = snapshot_xmax(new_snapshot) < snapshot_xmax(self.snapshot)
+            changed = new_snapshot != self.snapshot
+            if changed:
+                quiet_since = started
+            if went_backwards:
+                # The same connection now reaches another server (a proxy in front of a failover).
+                self._count_failover("snapshot_backwards")
+                log.warning(
+                    "DatabaseChanged: the snapshot went backwards (%s -> %s); catching up",
+                    self.snapshot,
+                    new_snapshot,
+                )
+                await self._catch_up(conn, same_system=True)
+                self.identity = await self._identity(conn)
+            else:
+                self.snapshot = new_snapshot
+                self._last_read_at = time.time()
             await self._sleep(self.poll_interval - (loop.time() - started))
+
+    async def _create_wait(self, conn: psycopg.AsyncConnection[Any]) -> bool:
+        """The idle wait function, where this role may create temporary objects."""
+        try:
+            await conn.execute("set statement_timeout = 0")
+            await conn.execute(_WAIT_FUNCTION)
+        except psycopg.errors.InsufficientPrivilege as exc:
+            log.warning("no idle wait (%s): probing from here every poll interval", _first_line(exc))
+            return False
+        return True
 
     async def _sleep(self, seconds: float) -> None:
         """Pause, but end at once when the stream is stopped."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
+        if self._stopping.is_set():
+            return
+        if seconds <= 0:
+            await asyncio.sleep(0)
+            return
+        loop = asyncio.get_running_loop()
+        sleeper = self._sleeper = loop.create_future()
+        handle = loop.call_later(seconds, _wake, sleeper)
+        try:
+            await sleeper
+        finally:
+            handle.cancel()
+            self._sleeper = None
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _rows(records: list[tuple[Any, ...]]) -> list[Row]:
+    return [_row(r, 1) for r in records if r[1] is not None]
+
+
+def _describe(identity: ServerIdentity, change: str) -> str:
+    return identity.system_identifier if change == "system_identifier" else f"timeline {identity.timeline}"
 
 
 def _first_line(exc: BaseException) -> str:

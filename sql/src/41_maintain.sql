@@ -5,7 +5,11 @@
 --     rows from the default partition;
 --   * moves the rows that landed in the default partition (their day had no partition) into a
 --     new partition for their day: a partition cannot be attached while the default partition
---     holds rows of its range.
+--     holds rows of its range. Only days inside the window (from the retention cutoff's day to today
+--     + premake) get a partition: rows dated later (or at +infinity) stay in the default
+--     partition until the window reaches them, rows dated earlier (or at -infinity) expire.
+-- A failure while making one day's partition is reported in a line starting with 'failed' and
+-- the other days go on.
 -- The partitions it creates become members of the extension (see below). Returns one line per
 -- action taken, nothing when there was nothing to do.
 --
@@ -117,7 +121,10 @@ begin
     -- in-flight inserts finish first, new ones wait and then see the new partition. Steady state
     -- (every partition made days ahead) never takes this path.
     v_horizon := pg_catalog.timezone('utc', pg_catalog.clock_timestamp()) + interval '1 day';
-    if exists (select from realtime.messages_default)
+    if exists (
+            select from realtime.messages_default as m
+            where m.inserted_at >= v_cutoff::date and m.inserted_at < v_last + 1
+        )
         or exists (
             select
             from pg_catalog.generate_series(0, v_last - v_first) as g (i)
@@ -150,7 +157,10 @@ begin
         from (
             select v_first + g.i as day from pg_catalog.generate_series(0, v_last - v_first) as g (i)
             union
-            select m.inserted_at::date from realtime.messages_default as m where v_guarded
+            -- Only days inside the window (retention to premake): a row far in the future (or at
+            -- infinity) waits in the default partition, and never makes a partition of its own.
+            select m.inserted_at::date from realtime.messages_default as m
+            where v_guarded and m.inserted_at >= v_cutoff::date and m.inserted_at < v_last + 1
         ) as d
         where
             (v_guarded or d.day >= v_horizon)
@@ -207,12 +217,18 @@ begin
                 'alter table realtime.messages attach partition realtime.%I for values from (%L) to (%L)',
                 v_name, v_day, v_day + 1
             );
-        exception when lock_not_available then
-            -- Undone with the block; the next run tries again.
-            return next pg_catalog.format(
-                'skipped creating realtime.%s and later days: realtime.messages is busy', v_name
-            );
-            exit;
+        exception
+            when lock_not_available then
+                -- Undone with the block; the next run tries again.
+                return next pg_catalog.format(
+                    'skipped creating realtime.%s and later days: realtime.messages is busy', v_name
+                );
+                exit;
+            when others then
+                -- One day's trouble (a row that does not fit the partition, say) is undone with the
+                -- block and reported; the other days go on.
+                return next pg_catalog.format('failed creating realtime.%s: %s', v_name, sqlerrm);
+                continue;
         end;
         return next pg_catalog.format('created realtime.%s', v_name);
         if v_count > 0 then

@@ -268,8 +268,10 @@ class JsDriver(NodeDriver):
         config: dict[str, Any] | None = None,
         events: Iterable[str] = ("*",),
         presence: bool = False,
+        postgres_changes: Iterable[dict[str, Any]] = (),
     ) -> str:
-        """``client.channel(name, {config})`` with broadcast bindings for ``events``; returns the handle."""
+        """``client.channel(name, {config})`` with broadcast bindings for ``events`` (and
+        ``on('postgres_changes', filter)`` for each of ``postgres_changes``); returns the handle."""
         cmd: dict[str, Any] = {
             "cmd": "channel",
             "client": client,
@@ -280,6 +282,8 @@ class JsDriver(NodeDriver):
         }
         if presence:
             cmd["presence"] = True
+        if postgres_changes:
+            cmd["postgresChanges"] = list(postgres_changes)
         result = await self.call(cmd)
         return str(result["channel"])
 

@@ -302,5 +302,112 @@ async def test_supabase_js_token_refresh_and_revocation(live_server, js, db_dsn)
     await js.no_event(lambda e: e.get("event") == "status" and e.get("channel") == ch, within=0.5)
     await js.set_auth(s.token("authenticated", vip=False))
     system = await js.next_event(lambda e: e.get("event") == "system" and e.get("channel") == ch)
-    assert system["msg"]["message"] == "You no longer have permission to read from this Channel topic: vip"
+    assert system["msg"]["message"] == "You do not have permissions to read from this Channel topic: vip"
     assert (await js.next_status(ch, "CLOSED"))["status"] == "CLOSED"
+
+
+# -- wire parity: postgres_changes bindings, replication_ready, replay ------------------------------
+CHANGES = {"event": "*", "schema": "public", "table": "todos"}
+
+
+async def test_a_channel_mixing_postgres_changes_and_broadcast_stays_joined(live_server, js, db_dsn):
+    """realtime-js and realtime-py subscribe, hear once that Postgres Changes are not served, keep
+    receiving broadcasts, and never rejoin."""
+    s = live_server
+    await js.connect(s.url, s.token())
+    mixed = await js.channel("mixed", config={"broadcast": {"self": True}}, postgres_changes=[CHANGES])
+    assert await js.subscribe(mixed) == {"status": "SUBSCRIBED", "error": None}
+    notice = await js.next_event(lambda e: e.get("event") == "system" and e.get("channel") == mixed)
+    assert notice["msg"]["extension"] == "postgres_changes"
+    assert notice["msg"]["status"] == "ok"
+    assert "broadcast_changes()" in notice["msg"]["message"]
+
+    from realtime import AsyncRealtimeClient, RealtimePostgresChangesListenEvent
+
+    from .drivers import PyEvents, ws_url
+
+    py = AsyncRealtimeClient(f"{ws_url(s.url)}/realtime/v1", s.token(), timeout=5)
+    q = PyEvents()
+    ch = py.channel("mixed")
+    ch.on_broadcast("*", q.put_nowait)  # type: ignore[arg-type]  # PyEvents holds the payload dicts
+    ch.on_system(q.system.put_nowait)
+    ch.on_postgres_changes(
+        RealtimePostgresChangesListenEvent.All, lambda payload: None, table="todos", schema="public"
+    )
+    await ch.subscribe(q._on_status)
+    try:
+        assert [status for status, _ in q.statuses] == ["SUBSCRIBED"]
+        py_notice = await asyncio.wait_for(q.system.get(), 5)
+        assert py_notice.extension == "postgres_changes" and py_notice.status == "ok"
+
+        assert await js.send(mixed, "hello", {"n": 1}) == "ok"
+        assert (await js.next_broadcast(mixed))["payload"] == {"n": 1}
+        assert (await q.next())["payload"] == {"n": 1}
+        run_sql(db_dsn, "select realtime.send('{\"n\": 2}'::jsonb, 'e', 'mixed', false)")
+        assert (await js.next_broadcast(mixed))["payload"]["n"] == 2
+        assert (await q.next())["payload"]["n"] == 2
+
+        # A minute on, neither client has left SUBSCRIBED nor rejoined (both would say so).
+        await js.no_event(lambda e: e.get("event") == "status" and e.get("channel") == mixed, within=60)
+        assert [status for status, _ in q.statuses] == ["SUBSCRIBED"]
+        assert s.server.registry.channel_count == 2
+    finally:
+        await py_close(py)
+
+
+async def test_replication_ready_is_announced_to_realtime_js(live_server, js):
+    s = live_server
+    await js.connect(s.url, s.token())
+    ch = await js.channel("ready", config={"broadcast": {"replication_ready": True}})
+    assert (await js.subscribe(ch))["status"] == "SUBSCRIBED"
+    notice = await js.next_event(lambda e: e.get("event") == "system" and e.get("channel") == ch)
+    assert notice["msg"]["message"] == "Replication connection established"
+    assert notice["msg"]["status"] == "ok" and notice["msg"]["extension"] == "system"
+
+
+async def test_replay_with_a_concurrent_live_copy_reaches_supabase_js_once(live_server, js, db_dsn):
+    """Messages keep committing while a private join replays: each reaches the client once, none is
+    skipped between the replayed ones and the live ones."""
+    s = live_server
+    run_sql(
+        db_dsn,
+        """create policy read_feed on realtime.messages for select to authenticated
+             using (topic = (select realtime.topic()) and (select realtime.topic()) = 'feed')""",
+    )
+    stop = asyncio.Event()
+
+    async def writer() -> None:
+        import psycopg
+
+        async with await psycopg.AsyncConnection.connect(db_dsn, autocommit=True) as conn:
+            n = 0
+            while not stop.is_set():
+                await conn.execute(
+                    "select realtime.send(%s::jsonb, 'tick', 'feed', true)", (f'{{"n": {n}}}',)
+                )
+                n += 1
+                await asyncio.sleep(0.002)
+
+    task = asyncio.create_task(writer())
+    try:
+        await asyncio.sleep(0.3)
+        await js.connect(s.url, s.token(), kind="supabase-js", access_token=s.token("authenticated"))
+        config = {"private": True, "broadcast": {"replay": {"since": 0, "limit": 25}}}
+        ch = await js.channel("feed", config=config, events=["tick"])
+        assert (await js.subscribe(ch))["status"] == "SUBSCRIBED"
+        await asyncio.sleep(1.0)
+    finally:
+        stop.set()
+        await task
+    await asyncio.sleep(0.3)
+    received = []
+    while True:
+        try:
+            received.append(await js.next_broadcast(ch, "tick", timeout=0.5))
+        except TimeoutError:
+            break
+    numbers = [m["payload"]["n"] for m in received]
+    assert len(numbers) > 25  # the replayed ones and live ones after them
+    assert len(numbers) == len(set(numbers)), "a message arrived twice"
+    assert numbers == list(range(numbers[0], numbers[0] + len(numbers))), "a message was skipped"
+    assert all(m.get("meta", {}).get("replayed") for m in received[:25])

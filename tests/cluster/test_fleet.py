@@ -208,7 +208,12 @@ async def test_every_client_broadcast_reaches_every_other_subscriber_once(fleet:
                 samples = await scrape(fleet.sidecar(n))  # type: ignore[arg-type]
                 assert sample(samples, "realtime_bus_messages_total", direction="in") > 0
                 assert sample(samples, "realtime_bus_up") == 1
-                assert sample(samples, "realtime_cluster_sidecars") == 3
+            # And each lists the three in its registry (as of its last renewal, every 3 s).
+            for n in range(3):
+                deadline = time.monotonic() + 30
+                while sample(await scrape(fleet.sidecar(n)), "realtime_cluster_sidecars") != 3:  # type: ignore[arg-type]
+                    assert time.monotonic() < deadline, f"sidecar {n} does not list the three"
+                    await asyncio.sleep(0.5)
         finally:
             for client in py_clients:
                 await py_close(client)

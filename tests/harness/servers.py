@@ -93,8 +93,9 @@ class LiveServer(Endpoint):
         await self.runner.cleanup()
 
 
-async def serve_in_process(settings: Settings) -> LiveServer:
-    """Serve ``settings`` on 127.0.0.1 (``settings.port``, 0: a free one); live before it returns."""
+async def serve_in_process(settings: Settings, wait_live: bool = True) -> LiveServer:
+    """Serve ``settings`` on 127.0.0.1 (``settings.port``, 0: a free one); live before it returns
+    unless ``wait_live`` is False (for a server that must refuse its database)."""
     if settings.jwt_secret is None:
         raise ValueError("a server under test needs a jwt_secret: its tokens are minted with it")
     server = RealtimeServer(settings)
@@ -110,7 +111,7 @@ async def serve_in_process(settings: Settings) -> LiveServer:
         db_dsn=settings.database_url,
         secret=settings.jwt_secret,
     )
-    if settings.database_url:
+    if settings.database_url and wait_live:
         try:
             await live.wait_live()
         except BaseException:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 
+import psycopg
 import pytest
 from pg_realtime.embedded import EmbeddedPostgres
 
@@ -26,3 +28,37 @@ def private_cluster(fresh_cluster: Callable[[], EmbeddedPostgres]) -> tuple[Embe
     dsn = cluster.dsn()
     prepare_database(dsn, setup_sql=PRIVATE_SETUP)
     return cluster, dsn
+
+
+@pytest.fixture
+def replicated(
+    fresh_cluster: Callable[[], EmbeddedPostgres], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[EmbeddedPostgres, EmbeddedPostgres]]:
+    """A primary with the extension and a hot standby streaming from it, both running."""
+    primary = fresh_cluster()
+    with psycopg.connect(primary.dsn(), autocommit=True) as conn:
+        conn.execute("create extension realtime")
+    standby = primary.replica(tmp_path_factory.mktemp("pgstandby"))
+    try:
+        standby.start()
+        wait_replayed(primary, standby)
+        yield primary, standby
+    finally:
+        standby.remove()
+
+
+def wait_replayed(primary: EmbeddedPostgres, standby: EmbeddedPostgres, timeout: float = 30) -> None:
+    """Until the standby has replayed everything the primary has written so far."""
+    with psycopg.connect(primary.dsn(), autocommit=True) as conn:
+        row = conn.execute("select pg_current_wal_insert_lsn()::text").fetchone()
+        assert row is not None
+        target = row[0]
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(standby.dsn(), autocommit=True) as conn:
+        while True:
+            row = conn.execute("select pg_last_wal_replay_lsn() >= %s::pg_lsn", (target,)).fetchone()
+            if row is not None and row[0]:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"standby did not replay up to {target}")
+            time.sleep(0.02)

@@ -84,11 +84,11 @@ async def test_public_paths_keep_working_and_private_ones_fail_fast(private_clus
         refusals = sample(await scrape(server), "realtime_refusals_total", reason="database_unavailable")
         assert refusals == 1
 
-        # Private single REST: 500; a batch skips its private topics and still answers 202.
+        # Private single REST: 422 as upstream; a batch skips its private topics and still answers 202.
         private_single = f"{server.url}/api/broadcast/room-1/events/e?private=true"
         async with http.post(private_single, json={"n": 4}, headers=bearer(server, "authenticated")) as r:
-            assert r.status == 500
-            assert await r.json() == {"message": "Realtime was unable to connect to the project database"}
+            assert r.status == 422
+            assert await r.json() == {"message": "Tenant database unavailable"}
         mixed = {
             "messages": [
                 {"topic": "room-1", "event": "e", "payload": {"n": 5}, "private": True},

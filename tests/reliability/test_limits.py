@@ -172,18 +172,22 @@ async def test_server_wide_events_per_second_for_sockets_and_rest(make_server):
         await expect_rate_shutdown(b)
         response = await rest_batch(http, server, 1)
         assert response.status == 429
-        assert await response.json() == {"message": "Too many requests"}
+        assert await response.json() == {"message": "You have exceeded your rate limit"}
         single = f"{server.url}/api/broadcast/room/events/e"
         async with http.post(single, json={"n": 6}, headers=bearer(server)) as response:
             assert response.status == 429
-            assert await response.json() == {"message": "Too many requests"}
+            assert await response.json() == {"message": "You have exceeded your rate limit"}
         await listener.expect_silence()
         await asyncio.sleep(1.05)
         # A new second: REST and sockets are served again; a batch larger than the budget is not.
         assert (await rest_batch(http, server, 4)).status == 202
         assert [(await listener.recv())[4]["payload"]["i"] for _ in range(4)] == [0, 1, 2, 3]
         await asyncio.sleep(1.05)
-        assert (await rest_batch(http, server, 5)).status == 429
+        too_big = await rest_batch(http, server, 5)
+        assert too_big.status == 429
+        assert await too_big.json() == {
+            "message": "Too many messages to broadcast, please reduce the batch size"
+        }
         await a.send("realtime:room", "broadcast", broadcast(7), join_ref="1")
         assert (await listener.recv())[4]["payload"]["n"] == 7
 

@@ -199,6 +199,11 @@ def _is_broadcast(frame: Any) -> bool:
     return bool((frame[3] if isinstance(frame, list) else frame.get("event")) == "broadcast")
 
 
+#: Writing for 0.3 s, then silent for 0.4 s, on one clock for all writers: while every writer is
+#: silent the snapshot stays the same, so the reader probes instead of reading.
+SPELLS = (0.3, 0.4)
+
+
 def writer(
     dsn: str,
     writer_id: int,
@@ -206,14 +211,22 @@ def writer(
     transactions: int,
     seed: int,
     stop_at: float,
+    spells: tuple[float, float] | None = None,
     sends: tuple[int, int] = (1, 3),
 ) -> None:
-    """Sequential transactions of ``sends`` (1-3) sends; about 10% rolled back on purpose."""
+    """Sequential transactions of ``sends`` (1-3) sends; about 10% rolled back on purpose; with
+    ``spells``, only during the writing part of each (burst, silence) period."""
     rng = random.Random(seed)
+    epoch = time.monotonic()
     with psycopg.connect(dsn) as conn:
         for tx in range(transactions):
             if time.monotonic() > stop_at:
                 break
+            if spells is not None:
+                burst, idle = spells
+                phase = (time.monotonic() - epoch) % (burst + idle)
+                if phase >= burst:
+                    time.sleep(burst + idle - phase)
             for k in range(rng.randint(*sends)):
                 conn.execute(
                     "select realtime.send(jsonb_build_object('w', %s::int, 'tx', %s::int, 'k', %s::int),"
@@ -249,7 +262,8 @@ def check_subscriber(sub: Subscriber, dsn: str, topics: list[str]) -> int:
 
 
 @pytest.mark.slow
-async def test_torture_concurrent_writers_rollbacks_and_long_transactions(make_server, db_dsn):
+@pytest.mark.parametrize("spells", [None, SPELLS], ids=["steady", "idle-spells"])
+async def test_torture_concurrent_writers_rollbacks_and_long_transactions(make_server, db_dsn, spells):
     server = await make_server(db_dsn)
     topics = [f"torture-{i}" for i in range(4)]
     subscribers: list[Subscriber] = []
@@ -270,12 +284,13 @@ async def test_torture_concurrent_writers_rollbacks_and_long_transactions(make_s
 
     stop_at = time.monotonic() + 40  # bound the run on a slow machine
     threads = [
-        threading.Thread(target=writer, args=(db_dsn, w, topics, 250, 1000 + w, stop_at)) for w in range(8)
+        threading.Thread(target=writer, args=(db_dsn, w, topics, 250, 1000 + w, stop_at, spells))
+        for w in range(8)
     ]
     # Two more writers send 65-100 messages per transaction: more than the 64 subtransactions
     # a snapshot can list, had each send taken one.
     threads += [
-        threading.Thread(target=writer, args=(db_dsn, w, topics, 12, 1000 + w, stop_at, (65, 100)))
+        threading.Thread(target=writer, args=(db_dsn, w, topics, 12, 1000 + w, stop_at, spells, (65, 100)))
         for w in (8, 9)
     ]
     for t in threads:
@@ -314,6 +329,10 @@ async def test_torture_concurrent_writers_rollbacks_and_long_transactions(make_s
             "id": payloads[[p.get("long") for p in payloads].index("commit")]["id"],
         } in payloads
         assert not any(p.get("long") == "rollback" for p in payloads)
+    stream = server.server.stream
+    assert stream is not None
+    if spells is not None:
+        assert stream.probes > 0, "the silent spells never reached the probe"
 
 
 @pytest.mark.slow
@@ -398,3 +417,67 @@ async def test_healthz_follows_the_database(make_server, fresh_cluster):
         await asyncio.to_thread(cluster.start)
         await server.wait_live(timeout=20)
         assert (await http.get(f"{server.url}/healthz")).status == 200
+
+
+async def wait_until(condition: Any, what: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not reached within {timeout}s")
+        await asyncio.sleep(0.02)
+
+
+def reader_waits_in_the_database(dsn: str) -> bool:
+    return bool(
+        run_sql(
+            dsn,
+            "select 1 from pg_stat_activity where application_name = 'pg-realtime stream'"
+            " and state = 'active' and query like '%%realtime_wait%%'",
+        )
+    )
+
+
+async def test_after_a_quiet_second_the_reader_waits_in_the_database_and_still_delivers(live_server, db_dsn):
+    s = live_server
+    async with await RawSocket.connect(s.url, s.token()) as ws:
+        await ws.join("quiet")
+        await wait_until(lambda: reader_waits_in_the_database(db_dsn), "the idle wait")
+        for n in range(3):
+            run_sql(
+                db_dsn, "select realtime.send(jsonb_build_object('n', %s::int), 'e', 'quiet', false)", (n,)
+            )
+            assert decode_db_frame(await ws.recv())[2]["n"] == n
+            await wait_until(lambda: reader_waits_in_the_database(db_dsn), "the idle wait again")
+
+
+async def test_without_temporary_objects_the_reader_probes_from_the_sidecar(make_server, db_dsn, caplog):
+    import logging
+    import uuid
+
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    caplog.set_level(logging.WARNING, logger="pg_realtime")
+    role = f"reader_{uuid.uuid4().hex[:8]}"
+    dbname = conninfo_to_dict(db_dsn)["dbname"]
+    run_sql(
+        db_dsn,
+        f"""create role {role} login bypassrls;
+            select realtime.grant_access('{role}');
+            revoke temporary on database {dbname} from public;""",
+    )
+    params = conninfo_to_dict(db_dsn)
+    params["user"] = role
+    try:
+        server = await make_server(make_conninfo("", **params))
+        async with await RawSocket.connect(server.url, server.token()) as ws:
+            await ws.join("quiet")
+            await asyncio.sleep(1.3)  # past the quiet second
+            run_sql(db_dsn, "select realtime.send('{\"n\": 1}'::jsonb, 'e', 'quiet', false)")
+            assert decode_db_frame(await ws.recv())[2]["n"] == 1
+            assert not reader_waits_in_the_database(db_dsn)
+        assert any("no idle wait" in r.getMessage() for r in caplog.records)
+        await server.stop()
+    finally:
+        run_sql(
+            db_dsn, f"grant temporary on database {dbname} to public; drop owned by {role}; drop role {role}"
+        )

@@ -167,7 +167,7 @@ async def test_token_refresh_revokes_when_permission_is_gone(server):
             {
                 "extension": "system",
                 "status": "error",
-                "message": "You no longer have permission to read from this Channel topic: vip",
+                "message": "You do not have permissions to read from this Channel topic: vip",
                 "channel": "vip",
             },
         ]

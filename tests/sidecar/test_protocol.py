@@ -9,6 +9,7 @@ import time
 
 import aiohttp
 import pytest
+from pg_realtime import reasons
 
 from tests.harness import mint_token
 
@@ -248,13 +249,29 @@ async def test_missing_and_stale_join_ref_are_tolerated(server):
         assert (await other.recv())[3] == "broadcast"
 
 
-async def test_postgres_changes_bindings_are_refused_with_a_reason(server):
+async def test_a_channel_with_postgres_changes_bindings_joins_and_keeps_its_broadcasts(server):
+    bindings = [{"event": "*", "schema": "public", "table": "t"}, None, {"event": "INSERT", "schema": "s"}]
     async with await RawSocket.connect(server.url, server.token()) as ws:
-        reply = reply_of(
-            await ws.join("room", {"postgres_changes": [{"event": "*", "schema": "public", "table": "t"}]})
+        config = {"broadcast": {"self": True}, "postgres_changes": bindings}
+        reply = reply_of(await ws.join("room", config))
+        assert reply["status"] == "ok"
+        answered = reply["response"]["postgres_changes"]
+        # The bindings come back in order, nulls dropped, each with an integer id (stable per binding).
+        assert [{k: v for k, v in b.items() if k != "id"} for b in answered] == [bindings[0], bindings[2]]
+        assert all(isinstance(b["id"], int) for b in answered)
+        assert answered[0]["id"] != answered[1]["id"]
+        system = await ws.recv()
+        assert system[3] == "system"
+        assert system[4] == {
+            "extension": "postgres_changes",
+            "status": "ok",
+            "message": reasons.POSTGRES_CHANGES_NOT_SERVED,
+            "channel": "room",
+        }
+        await ws.send(
+            "realtime:room", "broadcast", {"type": "broadcast", "event": "e", "payload": {}}, join_ref="1"
         )
-        assert reply["status"] == "error"
-        assert reply["response"]["reason"].startswith("PostgresChangesNotSupported: ")
+        assert (await ws.recv())[3] == "broadcast"
 
 
 async def test_presence_is_accepted_at_join_and_track_says_unsupported(server):
@@ -342,3 +359,23 @@ async def test_jwks_tokens_at_connect_and_join(make_server):
         forged = jwt.encode({"role": "service_role", "exp": exp}, "a-guessed-secret-" * 3, algorithm="HS256")
         response = await http.get(f"{server.url}/realtime/v1/websocket?apikey={forged}&vsn=2.0.0")
         assert response.status == 401
+
+
+async def test_an_unknown_serializer_version_gets_phoenixs_403(server):
+    async with aiohttp.ClientSession() as http:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await http.ws_connect(server.ws_url(vsn="3.0.0"))
+    assert refused.value.status == 403
+
+
+async def test_other_events_on_the_phoenix_topic_are_unmatched(server):
+    async with await RawSocket.connect(server.url, server.token()) as ws:
+        await ws.send("phoenix", "whatever", {}, ref="5", join_ref="9")
+        frame = await ws.recv()
+        assert frame == [
+            None,
+            "5",
+            "phoenix",
+            "phx_reply",
+            {"status": "error", "response": {"reason": "unmatched topic"}},
+        ]

@@ -45,9 +45,13 @@ async def test_batch_answers_202_and_reaches_both_formats(server, prefix):
 async def test_batch_id_becomes_meta(server):
     async with await RawSocket.connect(server.url, server.token()) as ws, aiohttp.ClientSession() as http:
         await ws.join("room1")
-        body = {"messages": [{"topic": "room1", "event": "e", "payload": {}, "id": "abc"}]}
+        body = {
+            "messages": [
+                {"topic": "room1", "event": "e", "payload": {}, "id": "0b9d7a4e-8c1f-4d2a-9c3e-5f6a7b8c9d0e"}
+            ]
+        }
         assert (await http.post(f"{server.url}/api/broadcast", json=body, headers=auth(server))).status == 202
-        assert (await ws.recv())[4]["meta"] == {"id": "abc"}
+        assert (await ws.recv())[4]["meta"] == {"id": "0b9d7a4e-8c1f-4d2a-9c3e-5f6a7b8c9d0e"}
 
 
 async def test_apikey_header_is_accepted(server):
@@ -99,10 +103,15 @@ async def test_validation_errors_are_422_per_message(server):
 async def test_oversized_rest_payload_is_422(make_server):
     server = await make_server(None, max_payload_kb=1)
     async with aiohttp.ClientSession() as http:
-        body = {"messages": [{"topic": "t", "event": "e", "payload": {"x": "y" * 5000}}]}
+        small = {"topic": "t", "event": "e", "payload": {"x": "y"}}
+        big = {"topic": "t", "event": "e", "payload": {"x": "y" * 5000}}
+        body = {"messages": [small, big]}
         response = await http.post(f"{server.url}/api/broadcast", json=body, headers=auth(server))
         assert response.status == 422
-        assert await response.json() == {"errors": {"payload": ["Payload size exceeds tenant limit"]}}
+        # The error is inside the offending entry, as upstream's per-message changesets.
+        assert await response.json() == {
+            "errors": {"messages": [{}, {"payload": ["Payload size exceeds tenant limit"]}]}
+        }
 
 
 async def test_single_json_goes_out_as_kind4_and_v1_json(server):
@@ -186,3 +195,32 @@ async def test_cors_preflight_and_headers(server):
             headers={**auth(server), "Origin": "http://example.test"},
         )
         assert response.headers["Access-Control-Allow-Origin"] == "*"
+
+
+async def test_batch_entries_are_cast_and_checked_as_upstream(server):
+    async with aiohttp.ClientSession() as http:
+        bad = {
+            "messages": [{"topic": "t", "event": "e", "payload": {}, "id": "not-a-uuid", "private": "maybe"}]
+        }
+        response = await http.post(f"{server.url}/api/broadcast", json=bad, headers=auth(server))
+        assert response.status == 422
+        assert await response.json() == {
+            "errors": {"messages": [{"id": ["is invalid"], "private": ["is invalid"]}]}
+        }
+
+
+async def test_single_without_content_type_sends_an_empty_payload(server):
+    async with (
+        await RawSocket.connect(server.url, server.token(), vsn="1.0.0") as v1,
+        aiohttp.ClientSession() as http,
+    ):
+        await v1.join("plain")
+        response = await http.post(
+            f"{server.url}/api/broadcast/plain/events/e",
+            data=b'{"n": 1}',
+            headers=auth(server),
+            skip_auto_headers=["Content-Type"],
+        )
+        assert response.status == 202
+        frame = await v1.recv()
+        assert frame["payload"]["payload"] == {}

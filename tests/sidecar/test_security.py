@@ -208,3 +208,13 @@ async def test_hostile_topics_neither_flood_nor_forge_the_log(make_server, caplo
     assert len(caplog.text) < 20_000
     refusals = [r for r in caplog.records if "refused" in r.getMessage()]
     assert 1 <= len(refusals) <= 3  # rate-limited: one line per reason and period
+
+
+async def test_a_refused_handshake_is_answered_after_a_backoff(make_server):
+    server = await make_server(None, refused_connect_delay_ms=500)
+    async with aiohttp.ClientSession() as http:
+        started = time.monotonic()
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await http.ws_connect(server.ws_url(token="not-a-jwt"))
+        assert refused.value.status == 401
+        assert time.monotonic() - started >= 0.5

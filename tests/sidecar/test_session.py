@@ -102,11 +102,6 @@ def test_public_join_is_ok_and_registers_the_channel() -> None:
         ("room", {}, reasons.UNMATCHED_TOPIC),
         (
             "realtime:room",
-            {"config": {"postgres_changes": [{"event": "*", "schema": "public"}]}},
-            reasons.POSTGRES_CHANGES_UNSUPPORTED,
-        ),
-        (
-            "realtime:room",
             {"access_token": "not-a-jwt"},
             "MalformedJWT: The token provided is not a valid JWT",
         ),
@@ -354,7 +349,8 @@ def test_a_refreshed_token_moves_the_deadline() -> None:
     later = token(exp=NOW + 600)
     session.receive(Message("1", "3", "realtime:room", "access_token", {"access_token": later}), 0, NOW)
     assert frames(session)[1:] == []  # a refresh is never answered
-    assert session.next_deadline() == NOW + 600
+    assert session.channels["realtime:room"].expires_at == NOW + 600
+    assert session.next_deadline() == NOW + 300  # the periodic check comes first now
     assert session.channels["realtime:room"].token == later
 
 
@@ -381,7 +377,7 @@ def test_a_private_refresh_rechecks_read_and_revokes() -> None:
     assert isinstance(session.pending, ReadCheck) and session.pending.claims["role"] == "anon"
     session.answer(False, NOW)
     system, close = frames(session)
-    assert system["payload"]["message"] == reasons.revoked_read("room-1")
+    assert system["payload"]["message"] == reasons.no_read_permission("room-1")
     assert close["event"] == "phx_close" and not session.channels
 
 
@@ -440,3 +436,111 @@ def test_begin_close_leaves_every_channel() -> None:
     assert not session.channels and world.registry.channel_count == 0
     broadcast(World().session(), "a")  # another world: nothing reaches a closed session
     assert session.outbox.closed
+
+
+# -- wire parity ------------------------------------------------------------------------------------
+def live_row(world: World, n: int) -> Row:
+    row = stored(n)
+    world.context.relay.rows([row])  # type: ignore[attr-defined]  # the Broadcaster's database path
+    return row
+
+
+def test_live_copies_of_replayed_rows_are_sent_once_and_nothing_between_is_lost() -> None:
+    world = World()
+    session = world.session()
+    join(session, "room-1", {"private": True, "broadcast": {"replay": {"since": 0}}})
+    session.answer(True, NOW)
+    assert isinstance(session.pending, ReplayQuery)
+    # While the replay query runs, the reader delivers row 2 (also in the replay) and row 3 (not).
+    live_row(world, 2)
+    live_row(world, 3)
+    assert frames(session) == []  # held back until the join is answered
+    session.answer([stored(1), stored(2)], NOW)
+    ok, *rest = frames(session)
+    assert reply(ok)[0] == "ok"
+    assert [(f["payload"]["payload"]["n"], f["payload"]["meta"].get("replayed")) for f in rest] == [
+        (1, True),
+        (2, True),
+        (3, None),
+    ]
+    live_row(world, 2)  # a late live copy of a replayed row
+    live_row(world, 4)
+    assert [f["payload"]["payload"]["n"] for f in frames(session)] == [4]
+
+
+def test_a_failed_replay_leaves_no_channel_behind() -> None:
+    world = World()
+    session = world.session()
+    join(session, "room-1", {"private": True, "broadcast": {"replay": {"since": 0}}})
+    session.answer(True, NOW)
+    live_row(world, 1)
+    session.answer(Unavailable("gone"), NOW)
+    [frame] = frames(session)
+    assert reply(frame) == ("error", {"reason": reasons.REPLAY_FAILED})
+    assert not session.channels and world.registry.channel_count == 0
+
+
+def test_postgres_changes_bindings_are_joined_with_ids_and_announced_once() -> None:
+    session = World().session()
+    binding = {"event": "*", "schema": "public", "table": "t"}
+    join(session, "room", {"postgres_changes": [binding, None]})
+    ok, system = frames(session)
+    status, response = reply(ok)
+    assert status == "ok"
+    [answered] = response["postgres_changes"]
+    assert {k: v for k, v in answered.items() if k != "id"} == binding and isinstance(answered["id"], int)
+    assert system["event"] == "system" and system["payload"]["status"] == "ok"
+    assert system["payload"]["message"] == reasons.POSTGRES_CHANGES_NOT_SERVED
+    assert session.channels["realtime:room"].receives_broadcasts
+
+
+def test_replication_ready_waits_for_the_reader_then_times_out() -> None:
+    live = {"now": False}
+    world = World()
+    context = world.context
+    object.__setattr__(context, "stream_live", lambda: live["now"])
+    session = world.session()
+    join(session, "a", {"broadcast": {"replication_ready": True}})
+    join(session, "b", {"broadcast": {"replication_ready": True}})
+    assert [reply(f)[0] for f in frames(session)] == ["ok", "ok"]
+    assert session.next_deadline() == NOW + 0.5  # polled while the reader is not live
+    live["now"] = True
+    session.receive(Message(None, "h", "phoenix", "heartbeat", {}), 0, NOW)
+    session.tick(NOW + 1)
+    systems = [f for f in frames(session) if f["event"] == "system"]
+    assert [s["payload"]["message"] for s in systems] == ["Replication connection established"] * 2
+    live["now"] = False
+    join(session, "c", {"broadcast": {"replication_ready": True}})
+    frames(session)
+    session.tick(NOW + 61)
+    system, close = frames(session)
+    assert system["payload"]["message"] == "Replication connection was not established in time"
+    assert close["event"] == "phx_close" and "realtime:c" not in session.channels
+
+
+def test_unmatched_topic_replies_carry_no_join_ref() -> None:
+    session = World().session(Vsn.V2)
+    session.receive(Message("7", "8", "realtime:nowhere", "broadcast", {"type": "broadcast"}), 0, NOW)
+    [frame] = session.outbox.take_all()
+    assert orjson.loads(frame)[:2] == [None, "8"]
+
+
+def test_joined_channels_are_checked_again_every_five_minutes() -> None:
+    world = World()
+    session = world.session()
+    join(session, "room-1", {"private": True})
+    session.answer(True, NOW)
+    join(session, "lobby")
+    frames(session)
+    assert session.next_deadline() == NOW + 300
+    session.tick(NOW + 300)
+    assert isinstance(session.pending, ReadCheck) and session.pending.subtopic == "room-1"
+    session.answer(True, NOW + 300)
+    session.tick(NOW + 300)  # one channel per tick: now the public one, which needs no request
+    assert session.pending is None
+    assert frames(session) == [] and session.next_deadline() == NOW + 600
+    session.tick(NOW + 600)
+    session.answer(False, NOW + 600)
+    system, close = frames(session)
+    assert system["payload"]["message"] == reasons.no_read_permission("room-1")
+    assert close["event"] == "phx_close" and list(session.channels) == ["realtime:lobby"]

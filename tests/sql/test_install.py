@@ -47,6 +47,7 @@ EXPECTED_FUNCTIONS = {
     "maintain": "retention interval DEFAULT '3 days'::interval, premake integer DEFAULT 3",
     "grant_access": "role_name name",
     "messages_partitions": "",
+    "messages_guard": "",
     "bus_slot": "",
     "bus_rotate": "",
     "sidecar_renew": (
@@ -139,6 +140,7 @@ def test_function_signatures(db: psycopg.Connection) -> None:
     assert functions["insert_needs_guard"][1:] == ("boolean", False, "sql", "s")
     assert functions["insert_refusal"][1:] == ("text", False, "sql", "s")
     assert functions["maintain"][1:] == ("SETOF text", True, "plpgsql", "v")
+    assert functions["messages_guard"][1:] == ("trigger", False, "plpgsql", "v")
     config = scalar(
         db, "select proconfig from pg_proc where oid = 'realtime.maintain(interval, integer)'::regprocedure"
     )
@@ -157,7 +159,7 @@ def test_privileges(db: psycopg.Connection) -> None:
                       has_table_privilege(%(r)s, %(today)s, 'select')""",
             {"r": role, "today": partition_name(utc_today(db))},
         ).fetchone()
-        assert granted == (True, True, True, False, True, False, False)
+        assert granted == (True, True, False, False, True, False, False)
     db.execute("create role someone")
     executable: dict[str, bool] = dict(
         db.execute(
@@ -175,6 +177,7 @@ def test_privileges(db: psycopg.Connection) -> None:
         "insert_needs_guard": True,
         "insert_refusal": True,
         "messages_partitions": True,
+        "messages_guard": True,
         "maintain": False,
         "grant_access": False,
         "bus_slot": True,
@@ -198,9 +201,9 @@ def test_every_object_has_a_comment(db: psycopg.Connection) -> None:
              and d.refobjid = (select oid from pg_extension where extname = 'realtime')"""
     ).fetchall()
     names = {name for name, _ in members}
-    # 11 functions, the table, its default partition, its sequence, and the daily partitions; the
+    # 12 functions, the table, its default partition, its sequence, and the daily partitions; the
     # cluster's 5 functions, the bus attachments and their 3 partitions, the sidecar registry.
-    assert len(members) == 14 + 10 + len(partitions(db))
+    assert len(members) == 15 + 10 + len(partitions(db))
     assert {
         "table realtime.messages",
         "table realtime.messages_default",

@@ -256,6 +256,9 @@ const commands = {
       ch.on('broadcast', { event: ev }, (msg) => emit({ event: 'broadcast', channel: handle, filter: ev, msg }))
     }
     ch.on('system', {}, (msg) => emit({ event: 'system', channel: handle, msg }))
+    for (const filter of cmd.postgresChanges ?? []) {
+      ch.on('postgres_changes', filter, (msg) => emit({ event: 'postgres_changes', channel: handle, msg }))
+    }
     if (cmd.presence) {
       ch.on('presence', { event: 'sync' }, () =>
         emit({ event: 'presence', channel: handle, kind: 'sync', state: ch.presenceState() })
