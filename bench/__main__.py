@@ -27,6 +27,7 @@ BENCHMARKS = {
     "roundtrip": "bench.roundtrip",
     "broadcaster": "bench.alternative",
     "joins": "bench.joins",
+    "cluster": "bench.cluster",
 }
 DOC = ROOT / "docs" / "benchmarks.md"
 

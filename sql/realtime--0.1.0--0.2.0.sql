@@ -747,3 +747,215 @@ $$;
 comment on function realtime.grant_access(name) is
 'Grant a role what sending and receiving broadcasts needs (SELECT and INSERT on '
 'realtime.messages); row-level security policies still apply.';
+
+-- 11. Many sidecars, one service: the cluster bus's attachments (for client broadcasts too large
+-- for one notification) and the registry of running sidecars. New objects, created as a fresh
+-- install creates them.
+
+-- 60_bus_slot.sql
+-- Which of the three partitions of realtime.bus_attachments takes attachments written now: the
+-- minute since the epoch, modulo 3. A partition is written for one minute, read for the next, and
+-- emptied (realtime.bus_rotate()) before it is written again, so nothing deletes rows one by one.
+create function realtime.bus_slot()
+returns smallint
+language sql
+volatile
+parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+    select ((pg_catalog.floor(extract(epoch from pg_catalog.clock_timestamp()) / 60)::bigint % 3))::smallint
+$$;
+
+comment on function realtime.bus_slot() is
+'The partition of realtime.bus_attachments that attachments written now go to (0, 1 or 2; one '
+'minute each, in turn).';
+
+-- 61_bus_attachments.sql
+-- Client broadcasts travel between sidecars as NOTIFY payloads on the channel realtime_bus; a
+-- message too large for one notification (8000 bytes) is written here by the sending sidecar in
+-- the same transaction as its NOTIFY, and the notification names it by (origin, n). UNLOGGED: an
+-- attachment matters for seconds and never survives a crash usefully, and an unlogged write makes
+-- the bus transaction commit without a WAL flush. Three list partitions in turn (see
+-- realtime.bus_slot()) are emptied by TRUNCATE, never by DELETE: no dead rows, no vacuum.
+create table realtime.bus_attachments (
+    slot smallint not null default realtime.bus_slot(),
+    origin uuid not null,
+    n bigint not null,
+    body bytea not null
+) partition by list (slot);
+
+create unlogged table realtime.bus_attachments_0
+partition of realtime.bus_attachments for values in (0);
+create unlogged table realtime.bus_attachments_1
+partition of realtime.bus_attachments for values in (1);
+create unlogged table realtime.bus_attachments_2
+partition of realtime.bus_attachments for values in (2);
+
+-- The receiving sidecar looks its attachments up by sender and number.
+create index bus_attachments_origin_n_idx on realtime.bus_attachments (origin, n);
+
+-- Only the sidecars use the bus, as the extension's owner or a superuser (or a role given
+-- realtime.grant_sidecar()); the roles of client tokens never see it.
+revoke all on table realtime.bus_attachments from public;
+revoke all on table realtime.bus_attachments_0 from public;
+revoke all on table realtime.bus_attachments_1 from public;
+revoke all on table realtime.bus_attachments_2 from public;
+
+comment on table realtime.bus_attachments is
+'Bodies of client broadcasts too large for a NOTIFY on realtime_bus, named in the notification by '
+'(origin, n); unlogged, three partitions emptied in turn by realtime.bus_rotate().';
+comment on table realtime.bus_attachments_0 is 'Attachments of minutes 0, 3, 6... (see realtime.bus_slot()).';
+comment on table realtime.bus_attachments_1 is 'Attachments of minutes 1, 4, 7... (see realtime.bus_slot()).';
+comment on table realtime.bus_attachments_2 is 'Attachments of minutes 2, 5, 8... (see realtime.bus_slot()).';
+comment on column realtime.bus_attachments.slot is 'The partition (realtime.bus_slot() at write time).';
+comment on column realtime.bus_attachments.origin is 'The sending sidecar''s id for this run.';
+comment on column realtime.bus_attachments.n is 'The attachment''s number, unique per origin.';
+comment on column realtime.bus_attachments.body is 'The encoded message, as the notification would carry it.';
+
+-- 62_bus_rotate.sql
+-- Empty the partition of realtime.bus_attachments that is written next (it holds what was written
+-- two to three minutes ago, long read), if it holds anything. Every sidecar calls it every few
+-- seconds; when the partition is already empty nothing is locked. One sidecar at a time rotates
+-- (a transaction advisory lock; two TRUNCATEs of one partition would deadlock), and TRUNCATE waits
+-- at most a second for a reader: the next call tries again.
+create function realtime.bus_rotate()
+returns boolean
+language plpgsql
+volatile
+security invoker
+set search_path = pg_catalog, pg_temp
+set lock_timeout = '1s'
+as $$
+declare
+    v_next smallint := ((realtime.bus_slot() + 1) % 3)::smallint;
+begin
+    if not pg_catalog.pg_try_advisory_xact_lock(pg_catalog.hashtext('realtime.bus_rotate')) then
+        return false;
+    end if;
+    if not exists (select 1 from realtime.bus_attachments as a where a.slot = v_next) then
+        return false;
+    end if;
+    execute pg_catalog.format('truncate table realtime.%I', 'bus_attachments_' || v_next);
+    return true;
+end;
+$$;
+
+revoke execute on function realtime.bus_rotate() from public;
+
+comment on function realtime.bus_rotate() is
+'Truncate the partition of realtime.bus_attachments written next, if it is not empty; true if it '
+'truncated.';
+
+-- 63_sidecars.sql
+-- The sidecars serving this database: each one records itself at start and renews its lease
+-- every few seconds; one whose lease ran out (stopped, killed, cut off) is removed by the next
+-- renewal of any other. UNLOGGED: the rows describe running processes, which re-register within
+-- seconds after a crash, and renewals then write no WAL.
+create unlogged table realtime.sidecars (
+    id uuid primary key,
+    name text not null,
+    address text not null,
+    started_at timestamptz not null,
+    renewed_at timestamptz not null,
+    expires_at timestamptz not null
+);
+
+revoke all on table realtime.sidecars from public;
+
+comment on table realtime.sidecars is
+'The pg-realtime sidecars serving this database (one row per running process), kept by '
+'realtime.sidecar_renew() and realtime.sidecar_leave().';
+comment on column realtime.sidecars.id is 'Random id of the process, new at every start.';
+comment on column realtime.sidecars.name is 'Human-readable name: host and process id.';
+comment on column realtime.sidecars.address is 'host:port the sidecar listens on.';
+comment on column realtime.sidecars.started_at is 'When the process started.';
+comment on column realtime.sidecars.renewed_at is 'Its last renewal.';
+comment on column realtime.sidecars.expires_at is 'When it counts as gone unless renewed.';
+
+-- 64_sidecar_renew.sql
+-- One renewal: drop the sidecars whose lease ran out, record (or refresh) this one, and return
+-- the cluster as it stands, oldest first. Statements of a SQL function each see the ones before.
+create function realtime.sidecar_renew(
+    p_id uuid, p_name text, p_address text, p_started_at timestamptz, p_lease interval
+)
+returns setof realtime.sidecars
+language sql
+volatile
+security invoker
+set search_path = pg_catalog, pg_temp
+as $$
+    delete from realtime.sidecars as s where s.expires_at < pg_catalog.clock_timestamp();
+
+    insert into realtime.sidecars as s (id, name, address, started_at, renewed_at, expires_at)
+    values (
+        p_id, p_name, p_address, p_started_at,
+        pg_catalog.clock_timestamp(), pg_catalog.clock_timestamp() + p_lease
+    )
+    on conflict (id) do update
+    set name = excluded.name, address = excluded.address,
+        renewed_at = excluded.renewed_at, expires_at = excluded.expires_at;
+
+    select s.* from realtime.sidecars as s order by s.started_at, s.id;
+$$;
+
+revoke execute on function realtime.sidecar_renew(uuid, text, text, timestamptz, interval) from public;
+
+comment on function realtime.sidecar_renew(uuid, text, text, timestamptz, interval) is
+'Renew a sidecar''s lease for p_lease (recording it if new), remove sidecars whose lease ran out, '
+'and return the sidecars serving this database.';
+
+-- 65_sidecar_leave.sql
+-- A sidecar that stops in order removes itself at once rather than waiting for its lease to run out.
+create function realtime.sidecar_leave(p_id uuid)
+returns void
+language sql
+volatile
+security invoker
+set search_path = pg_catalog, pg_temp
+as $$
+    delete from realtime.sidecars as s where s.id = p_id;
+$$;
+
+revoke execute on function realtime.sidecar_leave(uuid) from public;
+
+comment on function realtime.sidecar_leave(uuid) is
+'Remove a sidecar from realtime.sidecars (it is stopping).';
+
+-- 66_grant_sidecar.sql
+-- Let a role that is neither the extension's owner nor a superuser run a sidecar's side of the
+-- cluster: the bus attachments and the sidecar registry. (Reading realtime.messages past RLS is
+-- separate: the role needs BYPASSRLS and realtime.grant_access().)
+create function realtime.grant_sidecar(role_name name)
+returns void
+language plpgsql
+volatile
+security invoker
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    execute pg_catalog.format(
+        'grant select, insert on table realtime.bus_attachments to %I', grant_sidecar.role_name
+    );
+    execute pg_catalog.format(
+        'grant truncate on table realtime.bus_attachments_0, realtime.bus_attachments_1, '
+        'realtime.bus_attachments_2 to %I',
+        grant_sidecar.role_name
+    );
+    execute pg_catalog.format(
+        'grant select, insert, update, delete on table realtime.sidecars to %I', grant_sidecar.role_name
+    );
+    execute pg_catalog.format(
+        'grant execute on function realtime.bus_rotate(), '
+        'realtime.sidecar_renew(uuid, text, text, timestamptz, interval), '
+        'realtime.sidecar_leave(uuid) to %I',
+        grant_sidecar.role_name
+    );
+end;
+$$;
+
+-- As realtime.grant_access(): granting is an administrator's decision.
+revoke execute on function realtime.grant_sidecar(name) from public;
+
+comment on function realtime.grant_sidecar(name) is
+'Grant a sidecar''s login role what the cluster bus and the sidecar registry need (the '
+'attachments of realtime.bus_attachments, realtime.sidecars and their functions).';

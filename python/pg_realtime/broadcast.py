@@ -2,9 +2,10 @@
 
 Every path a message arrives by (a client push, the REST API, a committed database row) ends
 here. Frames are built lazily, the first time a subscriber of a wire format needs one, so the
-cost of encoding does not grow with the number of subscribers. A cluster bus plugs in beside
-``relay`` and ``rest``: what a client sends goes to the local subscribers here and to the other
-sidecars there; what arrives from the bus comes back in through the same fan-out.
+cost of encoding does not grow with the number of subscribers. The cluster bus
+(``bus.ClusterBroadcaster``) extends ``relay`` and ``rest``: what a client sends goes to the
+local subscribers here and to the other sidecars there; what arrives from the bus comes back in
+through ``remote``, the same fan-out.
 """
 
 from __future__ import annotations
@@ -110,6 +111,16 @@ class Broadcaster:
         """Broadcasts accepted by the REST API: (subtopic, private, message) each."""
         return self._fan_out(
             "rest",
+            (
+                (subtopic, private, encoder(phoenix.SUBTOPIC_PREFIX + subtopic, message), None, None, message)
+                for subtopic, private, message in messages
+            ),
+        )
+
+    def remote(self, messages: Iterable[tuple[str, bool, Broadcast]]) -> int:
+        """Client broadcasts another sidecar accepted (the cluster bus): none excluded here."""
+        return self._fan_out(
+            "bus",
             (
                 (subtopic, private, encoder(phoenix.SUBTOPIC_PREFIX + subtopic, message), None, None, message)
                 for subtopic, private, message in messages

@@ -22,6 +22,7 @@ from psycopg import sql
 
 from . import __version__
 from .auth import sign
+from .bus import BusRefused
 from .config import Settings
 from .diagnose import DEFAULT_URL, diagnose, service_key
 from .embedded import EmbeddedPostgres, EmbeddedPostgresError
@@ -101,7 +102,7 @@ def start_embedded(settings: Settings) -> EmbeddedDatabase:
     cluster = EmbeddedPostgres(data_dir)
     cluster.start()
     database_url = cluster.dsn("postgres")
-    with psycopg.connect(database_url, autocommit=True) as conn:
+    with psycopg.connect(database_url, autocommit=True, application_name="pg-realtime setup") as conn:
         ensure_supabase_roles(conn)
         conn.execute("create extension if not exists realtime")
         # The extension grants the Supabase roles their privileges only if they existed at install
@@ -172,7 +173,14 @@ async def serve(settings: Settings) -> int:
         return 2
     server = RealtimeServer(settings)
     runner = web.AppRunner(server.app, handle_signals=False, shutdown_timeout=settings.shutdown_timeout_s)
-    await runner.setup()
+    try:
+        await runner.setup()
+    except BusRefused as exc:
+        log.error("%s", exc)
+        await runner.cleanup()
+        if embedded is not None:
+            await asyncio.to_thread(_stop_embedded, embedded, settings)
+        return 2
     site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
     try:
         await site.start()
@@ -183,6 +191,7 @@ async def serve(settings: Settings) -> int:
             await asyncio.to_thread(_stop_embedded, embedded, settings)
         return 1
     port = runner.addresses[0][1] if runner.addresses else settings.port
+    server.listening_on(settings.host, port)
     url = f"http://{settings.host}:{port}"
     log.info("listening on %s", url)
     if embedded is not None:

@@ -28,7 +28,9 @@ from aiohttp import web
 
 from . import __version__
 from .auth import AuthError, Verifier, sign
+from .bus import PostgresBus
 from .channels import Registry
+from .cluster import Cluster
 from .config import Settings
 from .diagnostics import Diagnostics
 from .metrics import Metrics
@@ -77,6 +79,8 @@ class Inspected(Protocol):
     stream: MessageStream | None
     started_at: float
     diagnostics: Diagnostics | None
+    bus: PostgresBus | None
+    cluster: Cluster | None
 
     @property
     def sessions(self) -> list[Session]: ...
@@ -225,6 +229,7 @@ class Inspector:
             "socket_list": None,
             "diagnostics": server.diagnostics is not None,
             "near_misses": None,
+            "cluster": self.cluster_stats(detailed),
         }
         if detailed:
             body["topics"] = [
@@ -248,6 +253,29 @@ class Inspector:
             # Topics, events and what to change; never a payload.
             body["near_misses"] = self.near_misses()
         return body
+
+    def cluster_stats(self, detailed: bool) -> dict[str, Any]:
+        """The cluster bus's state and the sidecars of the registry (names and addresses in detail)."""
+        bus, cluster = self.server.bus, self.server.cluster
+        members = cluster.members if cluster is not None else []
+        return {
+            "bus": {
+                "up": bus is not None and bus.down_reason is None,
+                "reason": bus.down_reason if bus is not None else "no database configured",
+            },
+            "size": len(members),
+            "sidecars": [
+                {
+                    "name": m.name,
+                    "address": m.address,
+                    "started_at": m.started_at,
+                    "self": cluster is not None and m.id == cluster.id,
+                }
+                for m in members
+            ]
+            if detailed
+            else None,
+        }
 
     # -- handlers ------------------------------------------------------------------------------
     async def page(self, request: web.Request) -> web.Response:

@@ -50,7 +50,7 @@ class Metrics:
         self.channels = Gauge("realtime_channels", "Joined channels", registry=r)
         self.messages_in = Counter(
             "realtime_messages_in_total",
-            "Broadcasts received, by path (client, rest, database)",
+            "Broadcasts received, by path (client, rest, database, bus: from other sidecars)",
             ["path"],
             registry=r,
         )

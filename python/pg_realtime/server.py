@@ -21,8 +21,9 @@ from aiohttp import web
 
 from . import phoenix
 from .auth import AuthError, Verifier
-from .broadcast import Broadcaster
+from .bus import BusMetrics, BusRefused, ClusterBroadcaster, PostgresBus, read_attachments
 from .channels import Registry
+from .cluster import Cluster, register_collector
 from .config import Settings
 from .database import Database
 from .diagnostics import CAUSES, LOG_PERIOD_S, Diagnostics
@@ -67,13 +68,18 @@ class RealtimeServer:
                 RateLimitedLog(log, period_s=LOG_PERIOD_S),
             )
             self.registry.attach(self.diagnostics.index)
-        self.broadcaster = Broadcaster(self.registry, self.metrics, self.diagnostics)
+        self.broadcaster = ClusterBroadcaster(self.registry, self.metrics, diagnostics=self.diagnostics)
         self.connections: set[Connection] = set()
         events = RateWindow(settings.max_events_per_second)
         self.database: Database | None = None
         self.stream: MessageStream | None = None
+        self.bus: PostgresBus | None = None
+        self.cluster: Cluster | None = None
+        #: host:port this sidecar serves on, as the sidecar registry lists it (see ``listening_on``).
+        self.address = f"{settings.host}:{settings.port}"
         if settings.database_url:
             self.database = Database(settings.database_url, settings.db_pool_size, self._database_down)
+            self._setup_cluster(settings.database_url, self.database)
             self.stream = MessageStream(
                 settings.database_url,
                 self.broadcaster.rows,
@@ -110,6 +116,33 @@ class RealtimeServer:
         self.started_at = time.time()
         self.app = self._build_app()
 
+    # -- the cluster: bus and sidecar registry ----------------------------------------------
+    def _setup_cluster(self, url: str, database: Database) -> None:
+        registry = self.registry
+        bus_metrics = BusMetrics(self.metrics.registry)
+
+        async def fetch(origin: str, numbers: list[int]) -> dict[int, bytes]:
+            return await read_attachments(database, origin, numbers)
+
+        self.bus = PostgresBus(
+            url,
+            self.broadcaster.remote,
+            fetch,
+            bus_metrics,
+            interested=lambda subtopic, private: (
+                next(registry.subscribers(subtopic, private), None) is not None
+            ),
+        )
+        self.broadcaster.bus = self.bus
+        self.cluster = Cluster(database, lambda: self.address, on_queue_usage=bus_metrics.queue_usage.set)
+        register_collector(self.metrics.registry, self.cluster)
+
+    def listening_on(self, host: str, port: int) -> None:
+        """Where the server listens, once its socket is bound (the port may have been 0)."""
+        self.address = f"{host}:{port}"
+        if self.cluster is not None:
+            self.cluster.poke()
+
     @property
     def sessions(self) -> list[Session]:
         return [connection.session for connection in self.connections]
@@ -132,7 +165,15 @@ class RealtimeServer:
     async def _lifespan(self, app: web.Application) -> AsyncIterator[None]:
         if self.database is not None and self.stream is not None:
             await self.database.open()
+            if self.bus is not None:
+                try:
+                    await self.bus.start()
+                except BusRefused:
+                    await self.database.close()
+                    raise
             self._tasks.append(asyncio.create_task(self.stream.run(), name="stream"))
+            if self.cluster is not None:
+                self._tasks.append(asyncio.create_task(self.cluster.run(), name="cluster"))
             self._tasks.append(
                 asyncio.create_task(
                     self.database.maintain_forever(
@@ -144,6 +185,10 @@ class RealtimeServer:
         yield
         if self.stream is not None:
             self.stream.stop()
+        if self.cluster is not None:
+            await self.cluster.leave()
+        if self.bus is not None:
+            await self.bus.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -192,6 +237,8 @@ class RealtimeServer:
             return json_response(503, {"status": "unavailable", "reason": "no database configured"})
         if not self.stream.live:
             return json_response(503, {"status": "unavailable", "reason": self.stream.reason})
+        if self.bus is not None and self.bus.down_reason is not None:
+            return json_response(503, {"status": "unavailable", "reason": self.bus.down_reason})
         return json_response(200, {"status": "ok"})
 
     async def metrics_endpoint(self, request: web.Request) -> web.Response:

@@ -78,11 +78,15 @@ class LiveServer(Endpoint):
     db_dsn: str | None
 
     async def wait_live(self, timeout: float = 10) -> None:
-        """Until the server's stream of database messages is live."""
+        """Until the server's stream of database messages is live, and its cluster bus up."""
         deadline = time.monotonic() + timeout
         while self.server.stream is not None and not self.server.stream.live:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"stream not live: {self.server.stream.reason}")
+            await asyncio.sleep(0.01)
+        while self.server.bus is not None and self.server.bus.down_reason is not None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(self.server.bus.down_reason)
             await asyncio.sleep(0.01)
 
     async def stop(self) -> None:
@@ -99,6 +103,7 @@ async def serve_in_process(settings: Settings, wait_live: bool = True) -> LiveSe
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", settings.port, reuse_address=True)
     await site.start()
+    server.listening_on("127.0.0.1", runner.addresses[0][1])
     live = LiveServer(
         server=server,
         runner=runner,

@@ -49,6 +49,13 @@ EXPECTED_FUNCTIONS = {
     "grant_access": "role_name name",
     "messages_partitions": "",
     "messages_guard": "",
+    "bus_slot": "",
+    "bus_rotate": "",
+    "sidecar_renew": (
+        "p_id uuid, p_name text, p_address text, p_started_at timestamp with time zone, p_lease interval"
+    ),
+    "sidecar_leave": "p_id uuid",
+    "grant_sidecar": "role_name name",
 }
 
 
@@ -184,6 +191,11 @@ def test_privileges(db: psycopg.Connection) -> None:
         "messages_guard": True,
         "maintain": False,
         "grant_access": False,
+        "bus_slot": True,
+        "bus_rotate": False,
+        "sidecar_renew": False,
+        "sidecar_leave": False,
+        "grant_sidecar": False,
     }
     assert db.execute("select has_schema_privilege('someone', 'realtime', 'usage')").fetchone() == (True,)
     assert db.execute("select has_table_privilege('someone', 'realtime.messages', 'select')").fetchone() == (
@@ -201,8 +213,9 @@ def test_every_object_has_a_comment(db: psycopg.Connection) -> None:
     ).fetchall()
     names = {name for name, _ in members}
     # The schema, 13 functions, the table, its default partition, its sequence, and the daily
-    # partitions.
-    assert len(members) == 17 + len(partitions(db))
+    # partitions; the cluster's 5 functions, the bus attachments and their 3 partitions, the sidecar
+    # registry.
+    assert len(members) == 17 + 10 + len(partitions(db))
     assert {
         "schema realtime",
         "table realtime.messages",

@@ -350,6 +350,29 @@
     }
   }
 
+  function renderCluster(c) {
+    $('stat-bus').textContent = c.bus.up ? 'up' : c.bus.reason
+    $('stat-bus').dataset.live = String(c.bus.up)
+    const rows = $('sidecars').tBodies[0]
+    rows.replaceChildren()
+    if (!c.sidecars) {
+      $('sidecars-note').textContent = `${fmt(c.size)} sidecars; names and addresses are shown to a service_role key.`
+      return
+    }
+    $('sidecars-note').textContent = `${fmt(c.size)} sidecars serve this database.`
+    for (const sc of c.sidecars) {
+      rows.append(
+        el(
+          'tr',
+          {},
+          el('td', {}, sc.name + (sc.self ? ' (this one)' : '')),
+          el('td', {}, sc.address),
+          el('td', {}, new Date(sc.started_at * 1000).toISOString())
+        )
+      )
+    }
+  }
+
   function renderStats(s) {
     $('stat-sockets').textContent = fmt(s.sockets)
     $('stat-channels').textContent = fmt(s.channels)
@@ -361,7 +384,9 @@
     const m = s.messages_in
     $('stat-breakdown').textContent =
       `in: ${fmt(m.database || 0)} from the database, ${fmt(m.client || 0)} from clients, ` +
-      `${fmt(m.rest || 0)} over REST; ${fmt(s.deliveries.total)} deliveries; up ${fmt(Math.round(s.uptime_s))} s`
+      `${fmt(m.rest || 0)} over REST, ${fmt(m.bus || 0)} from other sidecars; ` +
+      `${fmt(s.deliveries.total)} deliveries; up ${fmt(Math.round(s.uptime_s))} s`
+    renderCluster(s.cluster)
     const topics = $('topics').tBodies[0]
     const sockets = $('sockets').tBodies[0]
     topics.replaceChildren()
