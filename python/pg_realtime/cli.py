@@ -24,7 +24,7 @@ from . import __version__
 from .auth import sign
 from .bus import BusRefused
 from .config import Settings
-from .diagnose import DEFAULT_URL, diagnose, service_key
+from .diagnose import DEFAULT_URL, diagnose, registered_urls, service_key
 from .embedded import EmbeddedPostgres, EmbeddedPostgresError
 from .logs import RedactTokens
 from .server import RealtimeServer
@@ -71,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="URL",
         help=f"a sidecar's base URL; repeat for each sidecar (default: {DEFAULT_URL})",
+    )
+    diagnose.add_argument(
+        "--database-url",
+        default=os.environ.get("DATABASE_URL"),
+        help="read every live sidecar from this database's registry (env DATABASE_URL), instead of --url",
     )
     diagnose.add_argument(
         "--key",
@@ -253,7 +258,17 @@ def run_diagnose(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     key = service_key(args.key, args.jwt_secret)
     if key is None:
         parser.error("diagnose needs a service_role key: --key, REALTIME_SERVICE_ROLE_KEY or --jwt-secret")
-    table, status = diagnose(args.topic, args.url or [DEFAULT_URL], key)
+    urls = args.url
+    if not urls and args.database_url:
+        try:
+            urls = registered_urls(args.database_url)
+        except psycopg.Error as exc:
+            log.error("cannot read the sidecar registry: %s", exc)
+            return 1
+        if not urls:
+            sys.stdout.write("No live sidecar is registered in this database.\n")
+            return 1
+    table, status = diagnose(args.topic, urls or [DEFAULT_URL], key)
     sys.stdout.write(table)
     return status
 

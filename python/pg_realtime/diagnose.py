@@ -153,6 +153,28 @@ def render(topic: str, answers: list[Answer]) -> str:
     return "\n".join(out) + "\n"
 
 
+# The live sidecars of a database, from the registry they keep (realtime.sidecars).
+_LIVE_SIDECARS = """
+select address from realtime.sidecars where expires_at > pg_catalog.now() order by started_at
+"""
+
+
+def registered_urls(database_url: str) -> list[str]:
+    """The base URLs of every live sidecar registered in the database (a wildcard bind address is
+    reached on loopback)."""
+    import psycopg
+
+    with psycopg.connect(database_url, connect_timeout=5, application_name="pg-realtime diagnose") as conn:
+        addresses = [str(row[0]) for row in conn.execute(_LIVE_SIDECARS).fetchall()]
+    urls = []
+    for address in addresses:
+        host, _, port = address.rpartition(":")
+        if host in ("0.0.0.0", "::", "[::]", ""):
+            host = "127.0.0.1"
+        urls.append(f"http://{host}:{port}")
+    return urls
+
+
 def diagnose(topic: str, urls: Sequence[str], key: str) -> tuple[str, int]:
     """The table, and the exit status: 0, or 1 when no sidecar answered."""
     answers = [fetch(url, topic, key) for url in urls]

@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 from pg_realtime import cli
+from pg_realtime.diagnose import registered_urls
 
 from tests.harness import TEST_JWT_SECRET
 
@@ -72,3 +73,21 @@ async def test_diagnose_refuses_without_a_service_role_key(live_server, capsys):
     status, out = await run(["diagnose", "room:1", "--url", s.url, "--key", s.token("anon")], capsys)
     assert status == 1
     assert f"{s.url}: unreachable or refused (HTTP 403: a service_role key is required)" in out
+
+
+async def test_diagnose_finds_every_sidecar_in_the_registry(make_server, db_dsn, capsys):
+    first = await make_server(db_dsn)
+    second = await make_server(db_dsn)
+    for live in (first, second):
+        assert live.server.cluster is not None
+    # Both have registered themselves (at start, then every few seconds).
+    for _ in range(500):
+        urls = await asyncio.to_thread(registered_urls, db_dsn)
+        if {first.url, second.url} <= set(urls):
+            break
+        await asyncio.sleep(0.02)
+    assert {first.url, second.url} <= set(urls)
+    argv = ["diagnose", "room:9", "--database-url", db_dsn, "--jwt-secret", TEST_JWT_SECRET]
+    status, out = await run(argv, capsys)
+    assert status == 0
+    assert first.url in out and second.url in out
