@@ -43,7 +43,7 @@ from .broadcast import Broadcast, Broadcaster
 from .channels import Channel, Registry
 from .database import Database
 from .diagnostics import Diagnostics
-from .logs import RateLimitedLog
+from .logs import RateLimitedLog, first_line
 from .metrics import Metrics
 from .phoenix import PayloadEncoding, UserBroadcast
 
@@ -420,7 +420,7 @@ class PostgresBus:
             try:
                 conn = self._publish_conn or await self._connect(PUBLISH_APPLICATION_NAME)
             except _CONNECTION_ERRORS as exc:
-                self.publishing, self.publish_reason = False, _first_line(exc)
+                self.publishing, self.publish_reason = False, first_line(exc)
                 self._update()
                 await self._sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff)
@@ -435,11 +435,11 @@ class PostgresBus:
                     self._update()
                     await self._flush_forever(conn)
             except _CONNECTION_ERRORS as exc:
-                self.publishing, self.publish_reason = False, f"connection lost: {_first_line(exc)}"
+                self.publishing, self.publish_reason = False, f"connection lost: {first_line(exc)}"
                 self._update()
             except psycopg.Error as exc:
                 # Not the connection (attachments missing or refused): keep trying, slowly.
-                self.publishing, self.publish_reason = False, _first_line(exc)
+                self.publishing, self.publish_reason = False, first_line(exc)
                 self._update()
                 log.error("cluster bus: publishing failed: %s", exc)
                 await self._sleep(self.max_backoff)
@@ -503,7 +503,7 @@ class PostgresBus:
             raise InRecovery() from None
         except psycopg.Error as exc:
             raise BusRefused(
-                f"LISTEN is refused on the database URL ({_first_line(exc)}). {POOLER_HINT}"
+                f"LISTEN is refused on the database URL ({first_line(exc)}). {POOLER_HINT}"
             ) from None
         cur = await conn.execute("select pg_backend_pid()")
         row = await cur.fetchone()
@@ -526,7 +526,7 @@ class PostgresBus:
                     await self._sleep(self.max_backoff)
                     continue
                 except _CONNECTION_ERRORS as exc:
-                    self.listening, self.listen_reason = False, _first_line(exc)
+                    self.listening, self.listen_reason = False, first_line(exc)
                     self._update()
                     await self._close(conn)
                     conn = None
@@ -545,9 +545,9 @@ class PostgresBus:
                     async for notify in conn.notifies():
                         self._received(notify.payload)
             except _CONNECTION_ERRORS as exc:
-                self.listening, self.listen_reason = False, f"connection lost: {_first_line(exc)}"
+                self.listening, self.listen_reason = False, f"connection lost: {first_line(exc)}"
                 self._update()
-                log.warning("cluster bus: LISTEN connection lost, reconnecting: %s", _first_line(exc))
+                log.warning("cluster bus: LISTEN connection lost, reconnecting: %s", first_line(exc))
             finally:
                 self._listen_conn = None
             conn = None
@@ -622,7 +622,7 @@ class PostgresBus:
             await self.stop()
             raise
         except (*_CONNECTION_ERRORS, InRecovery) as exc:
-            log.warning("cluster bus: not started, retrying: %s", _first_line(exc))
+            log.warning("cluster bus: not started, retrying: %s", first_line(exc))
             await self._close(listen)
             listen = None
         else:
@@ -630,7 +630,7 @@ class PostgresBus:
                 await self._prove(listen, publish)
                 self._publish_conn = publish
             except _CONNECTION_ERRORS as exc:
-                log.warning("cluster bus: connection lost at start, retrying: %s", _first_line(exc))
+                log.warning("cluster bus: connection lost at start, retrying: %s", first_line(exc))
                 await self._close(listen)
                 await self._close(publish)
                 listen = None
@@ -696,11 +696,6 @@ async def read_attachments(database: Database, origin: str, numbers: list[int]) 
         rows = await cur.fetchall()
         await conn.rollback()
     return {int(n): bytes(body) for n, body in rows}
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 __all__ = [

@@ -16,6 +16,12 @@ from collections.abc import Callable
 MAX_LOGGED_CHARS = 120
 
 
+def first_line(exc: BaseException) -> str:
+    """An error's first line, for a log line or a health reason (its type when it has no text)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def printable(value: object, limit: int = MAX_LOGGED_CHARS) -> str:
     """``value`` as one line of at most ``limit`` characters, control characters escaped."""
     text = value if isinstance(value, str) else str(value)

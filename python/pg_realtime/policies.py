@@ -20,6 +20,8 @@ import orjson
 from psycopg import errors as pg_errors
 from psycopg_pool import AsyncConnectionPool
 
+from .logs import first_line
+
 log = logging.getLogger(__name__)
 
 _SET_CLAIMS = """
@@ -122,4 +124,4 @@ class Authorizer:
 def _describe(exc: Exception) -> str:
     diag = getattr(exc, "diag", None)
     primary = getattr(diag, "message_primary", None) if diag is not None else None
-    return primary or str(exc).splitlines()[0]
+    return primary or first_line(exc)

@@ -20,7 +20,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from . import phoenix
 from .database import Database, DatabaseUnavailable
-from .logs import printable
+from .logs import first_line, printable
 from .phoenix import Message, Vsn
 from .policies import PolicyError
 from .queries import Answer, PolicyFailed, ReadCheck, ReplayQuery, Request, Unavailable, WriteCheck
@@ -51,7 +51,7 @@ async def perform(database: Database | None, request: Request) -> Answer:
     except DatabaseUnavailable as exc:
         return Unavailable(str(exc))
     except psycopg.Error as exc:
-        return PolicyFailed(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return PolicyFailed(first_line(exc))
     raise TypeError(f"unknown request {request!r}")
 
 

@@ -56,6 +56,7 @@ from typing import Any
 
 import psycopg
 
+from .logs import first_line
 from .rows import Row
 
 log = logging.getLogger(__name__)
@@ -304,7 +305,7 @@ class MessageStream:
                     connect_timeout=5,
                 )
             except (psycopg.OperationalError, OSError) as exc:
-                self._set_state(StreamState.DOWN, f"database unreachable: {_first_line(exc)}")
+                self._set_state(StreamState.DOWN, f"database unreachable: {first_line(exc)}")
                 await self._sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff)
                 continue
@@ -320,13 +321,13 @@ class MessageStream:
                 self._set_state(StreamState.DOWN, STANDBY_REASON)
                 await self._sleep(STANDBY_RECHECK_S)
             except (psycopg.OperationalError, psycopg.errors.AdminShutdown, OSError) as exc:
-                self._set_state(StreamState.DOWN, f"database connection lost: {_first_line(exc)}")
+                self._set_state(StreamState.DOWN, f"database connection lost: {first_line(exc)}")
                 await self._sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff)
             except psycopg.Error as exc:
                 # Not a connection problem (the extension missing, a permission): keep retrying
                 # slowly, and say why on /healthz.
-                self._set_state(StreamState.DOWN, f"cannot read realtime.messages: {_first_line(exc)}")
+                self._set_state(StreamState.DOWN, f"cannot read realtime.messages: {first_line(exc)}")
                 log.error("stream read failed: %s", exc)
                 await self._sleep(self.max_backoff)
         self._set_state(StreamState.STOPPED, "stopped")
@@ -475,7 +476,7 @@ class MessageStream:
             await conn.execute("set statement_timeout = 0")
             await conn.execute(_WAIT_FUNCTION)
         except psycopg.errors.InsufficientPrivilege as exc:
-            log.warning("no idle wait (%s): probing from here every poll interval", _first_line(exc))
+            log.warning("no idle wait (%s): probing from here every poll interval", first_line(exc))
             return False
         return True
 
@@ -507,11 +508,6 @@ def _rows(records: list[tuple[Any, ...]]) -> list[Row]:
 
 def _describe(identity: ServerIdentity, change: str) -> str:
     return identity.system_identifier if change == "system_identifier" else f"timeline {identity.timeline}"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 __all__ = ["MessageStream", "Row", "RowsHandler", "StreamState", "replay"]
