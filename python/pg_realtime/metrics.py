@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
 from .diagnostics import CAUSES as UNDELIVERED_CAUSES
 
@@ -40,6 +41,48 @@ class PolledLabelledCounter:
         for value, count in sorted(self.source().items()):
             family.add_metric([value], count)
         yield family
+
+
+class BatchHistogram:
+    """A histogram fed a whole read's values at once, read at every scrape.
+
+    prometheus_client's ``Histogram.observe`` takes a lock and walks the buckets per value; at
+    10,000 rows a second that showed as a tenth of the sidecar's time in profiles. This one
+    counts a batch with one ``bisect`` per value into plain integers (the event loop is its
+    only writer) and publishes the same series: ``_bucket{le}``, ``_count`` and ``_sum``.
+    """
+
+    def __init__(self, name: str, documentation: str, buckets: Iterable[float]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.bounds = sorted(float(b) for b in buckets)
+        self.counts = [0] * (len(self.bounds) + 1)  # the last one is +Inf
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def observe_many(self, values: Iterable[float]) -> None:
+        counts, bounds = self.counts, self.bounds
+        total = 0.0
+        for value in values:
+            counts[bisect_left(bounds, value)] += 1
+            total += value
+        self.sum += total
+
+    def collect(self) -> Iterator[Any]:
+        cumulative = []
+        running = 0
+        for bound, count in zip([*self.bounds, float("inf")], self.counts, strict=True):
+            running += count
+            cumulative.append((_le(bound), running))
+        yield HistogramMetricFamily(self.name, self.documentation, buckets=cumulative, sum_value=self.sum)
+
+
+def _le(bound: float) -> str:
+    """A bucket bound as prometheus_client writes it (``0.005``, ``1.0``, ``+Inf``)."""
+    return "+Inf" if bound == float("inf") else repr(bound)
 
 
 class Metrics:
@@ -85,12 +128,12 @@ class Metrics:
             "realtime_stream_standby_refusals", "Connections refused because the server was in recovery"
         )
         r.register(self.stream_standby_refusals)
-        self.stream_lag = Histogram(
+        self.stream_lag = BatchHistogram(
             "realtime_stream_lag_seconds",
             "From the writing transaction's start (inserted_at) to the fan-out of the row",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60),
-            registry=r,
         )
+        r.register(self.stream_lag)
         self.slow_consumers = Counter(
             "realtime_slow_consumer_disconnects_total", "Sockets closed for not reading", registry=r
         )
