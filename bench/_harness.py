@@ -190,6 +190,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
+def run_queue_seconds(pid: int) -> float:
+    """Time a process has spent runnable but waiting for a CPU (``/proc/<pid>/schedstat``)."""
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+
+
 def realtime_server(
     dsn: str, workdir: Path, *extra: str
 ) -> contextlib.AbstractAsyncContextManager[ServerProcess]:

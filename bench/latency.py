@@ -10,6 +10,7 @@ rest of that transaction and its commit (a durable one): it bounds commit-to-cli
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any
 
@@ -28,6 +29,7 @@ from ._harness import (
     percentiles,
     pgbench,
     realtime_server,
+    run_queue_seconds,
     save,
 )
 
@@ -79,10 +81,15 @@ async def measure(
     transaction; what the subscribers saw."""
     subscribers = int(gen.config["subscribers"])
     await gen.call("reset")
-    cpu0 = cpu_seconds(server_pid)
+    assert gen.proc is not None
+    gen_pid = gen.proc.pid
+    cpu0, wait0, gen0 = cpu_seconds(server_pid), run_queue_seconds(server_pid), cpu_seconds(gen_pid)
     tps = rate / per_tx if rate is not None else None
     sent = await asyncio.to_thread(pgbench, ctx.pg, db, script, writers_for(rate), seconds, tps, ctx.workdir)
     cpu = (cpu_seconds(server_pid) - cpu0) / seconds
+    waited = (run_queue_seconds(server_pid) - wait0) / seconds
+    gen_cpu = (cpu_seconds(gen_pid) - gen0) / seconds
+    load = os.getloadavg()[0]
     expected = sent.transactions * per_tx * subscribers // TOPICS
     await gen.call("wait", count=expected, timeout=wait_s)
     samples = await gen.latencies_ms()
@@ -95,6 +102,9 @@ async def measure(
         "received": int(samples.size),
         "samples": samples,
         "server_cpu": cpu,
+        "server_waited": waited,
+        "gen_cpu": gen_cpu,
+        "load": load,
     }
 
 
@@ -109,6 +119,9 @@ def row(label: str, m: dict[str, Any]) -> list[object]:
         fmt(p99),
         fmt(pmax),
         f"{m['server_cpu'] * 100:.0f}%",
+        f"{m['server_waited'] * 100:.0f}%",
+        f"{m['gen_cpu'] * 100:.0f}%",
+        f"{m['load']:.1f}",
     ]
 
 
@@ -121,6 +134,9 @@ HEADERS = [
     "p99 ms",
     "max ms",
     "server CPU",
+    "server waiting for a CPU",
+    "load generator CPU",
+    "load average",
 ]
 
 
@@ -215,7 +231,10 @@ async def run(ctx: Context) -> Result:
     markdown = (
         f"{TOPICS} topics, subscribers spread evenly over them (so each message reaches 1/{TOPICS} of "
         f"them), vsn 2.0.0 clients in one picows process; pgbench `-R` sending for {seconds:.0f} s per "
-        f"rate; the sidecar polls every 5 ms (the default) unless the row says otherwise.\n\n{table}\n\n"
+        f"rate; the sidecar polls every 5 ms (the default) unless the row says otherwise. Server CPU and "
+        f"the time it was runnable but waiting for a CPU are shares of the sending seconds (from /proc); "
+        f"the load average (1 min, at the end of the row) counts everything on the machine's "
+        f"{os.cpu_count()} CPUs, other work included.\n\n{table}\n\n"
         f"What polling costs while nothing is sent for {idle_s:.0f} s, {big} subscribers joined (share "
         f"of one core; the backends are the reader's and the pool's, from /proc):\n\n{idle_table}\n\n"
         f"A single message after {ctx.seconds(3, 0.5):g} s of silence, {silence.size} deliveries: "
