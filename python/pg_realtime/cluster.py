@@ -56,12 +56,16 @@ class Cluster:
         renew_s: float = RENEW_S,
         lease_s: float = LEASE_S,
         on_queue_usage: Callable[[float], None] = lambda usage: None,
+        on_rejoined: Callable[[], None] = lambda: None,
     ) -> None:
         self.database = database
         self.address = address
         self.renew_s = renew_s
         self.lease_s = lease_s
         self.on_queue_usage = on_queue_usage
+        #: Called when a renewal finds this sidecar's lease had run out (its presences are gone).
+        self.on_rejoined = on_rejoined
+        self.registered = False
         self.id = str(uuid.uuid4())
         self.name = f"{socket.gethostname()}-{os.getpid()}"
         self.started_at = time.time()
@@ -76,7 +80,7 @@ class Cluster:
         async with self.database.connection() as conn:
             cur = await conn.execute(
                 "select id::text, name, address, extract(epoch from started_at)::float8, "
-                "extract(epoch from renewed_at)::float8 "
+                "extract(epoch from renewed_at)::float8, renewed "
                 "from realtime.sidecar_renew(%s::uuid, %s, %s, %s, %s)",
                 (
                     self.id,
@@ -86,7 +90,9 @@ class Cluster:
                     timedelta(seconds=self.lease_s),
                 ),
             )
-            self.members = [Member(*row) for row in await cur.fetchall()]
+            rows = await cur.fetchall()
+            self.members = [Member(*row[:5]) for row in rows]
+            lapsed = any(row[0] == self.id and not row[5] for row in rows)
             cur = await conn.execute("select pg_notification_queue_usage()")
             row = await cur.fetchone()
             await conn.commit()
@@ -95,6 +101,10 @@ class Cluster:
                 await conn.commit()
             except psycopg.errors.LockNotAvailable:
                 await conn.rollback()  # a reader holds the partition: the next renewal tries again
+        if lapsed and self.registered:
+            log.warning("sidecar registry: this sidecar's lease had run out; its presences are written again")
+            self.on_rejoined()
+        self.registered = True
         self._queue(float(row[0]) if row else 0.0)
 
     def _queue(self, usage: float) -> None:

@@ -21,6 +21,8 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import orjson
+
 from . import phoenix, reasons
 from .auth import AuthError
 from .broadcast import row_frame
@@ -29,7 +31,18 @@ from .join import JoinRequest, binding_id
 from .limits import RateWindow, SessionLimits
 from .logs import printable
 from .phoenix import Message, UserBroadcast, Vsn
-from .queries import Answer, PolicyFailed, ReadCheck, ReplayQuery, Request, Unavailable, WriteCheck
+from .presence import ClientPresenceLimit, PresenceSnapshot, presence_key
+from .queries import (
+    Answer,
+    PolicyFailed,
+    PresenceSync,
+    PresenceTrack,
+    ReadCheck,
+    ReplayQuery,
+    Request,
+    Unavailable,
+    WriteCheck,
+)
 from .rows import Row
 
 log = logging.getLogger("pg_realtime")
@@ -64,6 +77,17 @@ class Relay(Protocol):
         message: UserBroadcast | dict[str, Any],
         exclude: Channel | None = None,
     ) -> int: ...
+
+
+class PresenceSink(Protocol):
+    """Where a channel's presence goes when it stops tracking (untrack, leave, close)."""
+
+    def untrack(self, channel: Channel) -> None: ...
+
+
+class _NoPresence:
+    def untrack(self, channel: Channel) -> None:
+        return None
 
 
 def _ignore_refusal(reason: str) -> None:
@@ -108,6 +132,10 @@ class SessionContext:
     #: keys (subtopic, private) of a socket about to be closed as a slow consumer.
     on_refused_join: Callable[[str, bool, str, str], None] = _ignore_refused_join
     on_slow_consumer: Callable[[list[tuple[str, bool]]], None] = _ignore_keys
+    #: Presence: the tracker, and the server-wide window of presence events (upstream's
+    #: max_presence_events_per_second, counting tracks and presence states sent).
+    presence: PresenceSink = field(default_factory=_NoPresence)
+    presence_events: RateWindow = field(default_factory=lambda: RateWindow(0))
 
 
 class Session:
@@ -281,6 +309,9 @@ class Session:
 
     # -- channel bookkeeping --------------------------------------------------------------------
     def _leave(self, channel: Channel) -> None:
+        # Leaving, closing and dying all end the channel's presence (a no-op if it tracks none).
+        self.context.presence.untrack(channel)
+        channel.presence_payload = None
         if self.channels.get(channel.topic) is channel:
             del self.channels[channel.topic]
             if not self.channels:
@@ -333,7 +364,7 @@ class Session:
         elif msg.event == "access_token":
             yield from self._refresh_token(channel, msg.payload)
         elif msg.event == "presence":
-            self._reply(msg, "error", {"reason": reasons.PRESENCE_UNSUPPORTED})
+            yield from self._presence(channel, msg)
         # Other events are ignored, as the reference server does.
 
     def _join(self, msg: Message) -> _Rule:
@@ -403,22 +434,33 @@ class Session:
             claims=claims,
             expires_at=self._expiry(claims),
             recheck_at=self.now + RECHECK_INTERVAL_S,
+            presence_key=presence_key(request.presence_key),
+            presence_calls=ClientPresenceLimit(
+                context.limits.presence_max_calls, context.limits.presence_window_s
+            ),
         )
         if request.private:
-            allowed = yield ReadCheck(subtopic, claims)
-            if isinstance(allowed, PolicyFailed):
-                # The policy's own error is for the operator's log, never for the client.
-                refuse(
-                    reasons.unauthorized_read(subtopic),
-                    "rls_error",
-                    reasons.rls_error(subtopic, allowed.detail),
-                )
-                return
-            if isinstance(allowed, Unavailable):
-                refuse(reasons.DATABASE_UNAVAILABLE, "database_unavailable")
-                return
-            channel.can_read = allowed is True
-            if not channel.can_read:
+            # As upstream: with presence enabled the presence read is checked too, and either
+            # read lets the channel join (a presence-only channel gets no broadcasts).
+            extensions = ("broadcast", "presence") if request.presence_enabled else ("broadcast",)
+            for extension in extensions:
+                allowed = yield ReadCheck(subtopic, claims, extension)
+                if isinstance(allowed, PolicyFailed):
+                    # The policy's own error is for the operator's log, never for the client.
+                    refuse(
+                        reasons.unauthorized_read(subtopic),
+                        "rls_error",
+                        reasons.rls_error(subtopic, allowed.detail),
+                    )
+                    return
+                if isinstance(allowed, Unavailable):
+                    refuse(reasons.DATABASE_UNAVAILABLE, "database_unavailable")
+                    return
+                if extension == "broadcast":
+                    channel.can_read = allowed is True
+                else:
+                    channel.can_read_presence = allowed is True
+            if not channel.can_read and not channel.can_read_presence:
                 refuse(reasons.unauthorized_read(subtopic), "unauthorized")
                 return
         replayed: list[Row] = []
@@ -442,13 +484,28 @@ class Session:
                 refuse(reasons.REPLAY_FAILED, "replay")
                 return
             replayed = rows
+        snapshot: PresenceSnapshot | None = None
+        if request.presence_enabled and channel.receives_presence:
+            # The presence state comes with the number of the last event it holds: the diffs held
+            # meanwhile that it already holds are dropped, the later ones sent after it.
+            if not context.presence_events.allow():
+                refuse(reasons.TOO_MANY_PRESENCE_MESSAGES, "presence_events_per_second")
+                self._abandon_join(channel)
+                return
+            if channel.held is None:
+                channel.held = []
+            self._register(channel)
+            answer = yield PresenceSync(subtopic, request.private)
+            if not isinstance(answer, PresenceSnapshot):
+                self._abandon_join(channel)
+                refuse(reasons.DATABASE_UNAVAILABLE, "database_unavailable")
+                return
+            snapshot = answer
         if self.closing:
             return
         self._register(channel)
         bindings = [{**binding, "id": binding_id(binding)} for binding in request.postgres_changes]
         self._reply(msg, "ok", {"postgres_changes": bindings})
-        if request.presence_enabled:
-            self._push(channel, "presence_state", {})
         if bindings:
             self._system(channel, "postgres_changes", "ok", reasons.POSTGRES_CHANGES_NOT_SERVED)
         if replayed:
@@ -457,15 +514,34 @@ class Session:
             frame = row_frame(self.vsn, row, replayed=True)
             if frame is not None:
                 self.send(frame)
-        if channel.held is not None:
-            held, channel.held = channel.held, None
-            skip = channel.replayed or set()
-            for frame, message_id in held:
-                if message_id is None or message_id not in skip:
-                    self.send(frame)
+        # As upstream: the replayed messages first, then the presence state.
+        if snapshot is not None:
+            self._push(channel, "presence_state", snapshot.state)
+        self._release(channel, snapshot)
         if request.replication_ready:
             channel.ready_deadline = self.now + REPLICATION_READY_TIMEOUT_S
             self._announce_ready(channel)
+
+    def _abandon_join(self, channel: Channel) -> None:
+        """A join that fails after its channel was registered to hold live frames."""
+        self._leave(channel)
+        channel.held = None
+
+    def _release(self, channel: Channel, snapshot: PresenceSnapshot | None) -> None:
+        """Send what the channel held while it waited: broadcasts not replayed already, and the
+        presence diffs that ``snapshot`` does not hold."""
+        if channel.held is None:
+            return
+        held, channel.held = channel.held, None
+        skip = channel.replayed or set()
+        seen = snapshot.seen if snapshot is not None else None
+        for frame, tag in held:
+            if isinstance(tag, int):
+                if seen is not None and tag <= seen:
+                    continue
+            elif tag is not None and tag in skip:
+                continue
+            self.send(frame)
 
     def _register(self, channel: Channel) -> None:
         if self.channels.get(channel.topic) is not channel:
@@ -529,6 +605,141 @@ class Session:
         if channel.broadcast_ack:
             self._reply(msg, "ok", {})
 
+    # -- presence -------------------------------------------------------------------------------
+    def _presence(self, channel: Channel, msg: Message) -> _Rule:
+        """A ``presence`` push: track or untrack, with upstream's limits, replies and texts."""
+        payload = msg.payload
+        if not isinstance(payload, dict) or "event" not in payload:
+            self._reply(msg, "ok", {})  # as upstream: nothing to do, and nothing wrong
+            return
+        event = payload["event"]
+        if not isinstance(event, str):
+            self._reply(msg, "error", {})
+            return
+        calls = channel.presence_calls
+        if calls is not None and not calls.allow(self.now):
+            self.context.refused("presence_calls")
+            self._shutdown_channel(channel, reasons.CLIENT_PRESENCE_RATE_LIMIT)
+            return
+        event = event.lower()
+        if event == "track":
+            yield from self._track(channel, msg, payload)
+        elif event == "untrack":
+            # As upstream: no policy is consulted to stop being present.
+            self.context.presence.untrack(channel)
+            channel.presence_payload = None
+            self._reply(msg, "ok", {})
+        else:
+            self._reply(msg, "error", {})
+
+    def _track(self, channel: Channel, msg: Message, push: dict[str, Any]) -> _Rule:
+        context = self.context
+        if channel.private and channel.can_write_presence is None:
+            # The first track of a private channel checks the presence policies: read, if the join
+            # did not (presence was not enabled then), and write.
+            if channel.can_read_presence is None:
+                allowed = yield ReadCheck(channel.subtopic, channel.claims, "presence")
+                if isinstance(allowed, Unavailable | PolicyFailed):
+                    log.warning(
+                        "RlsPolicyError: presence read check on %s failed: %s",
+                        printable(channel.subtopic),
+                        allowed.detail,
+                    )
+                    self._reply(msg, "error", {})
+                    return
+                channel.can_read_presence = allowed is True
+            allowed = yield WriteCheck(channel.subtopic, channel.claims, "presence")
+            if isinstance(allowed, Unavailable | PolicyFailed):
+                log.warning(
+                    "RlsPolicyError: presence write check on %s failed: %s",
+                    printable(channel.subtopic),
+                    allowed.detail,
+                )
+                self._reply(msg, "error", {})
+                return
+            channel.can_write_presence = allowed is True
+            if self.channels.get(channel.topic) is not channel:
+                return
+        if channel.private and not channel.can_write_presence:
+            context.refused("unauthorized_presence")
+            self._reply(msg, "error", {})
+            return
+        payload = push.get("payload", {})
+        if not isinstance(payload, dict):
+            self._reply(msg, "error", {"reason": reasons.PRESENCE_PAYLOAD_NOT_MAP})
+            return
+        if payload == channel.presence_payload:
+            self._reply(msg, "ok", {})  # the same payload again: nothing changes
+            return
+        if len(orjson.dumps(payload)) > context.limits.max_payload_bytes:
+            context.refused("payload_size")
+            self._shutdown_channel(channel, reasons.TRACK_SIZE_EXCEEDED)
+            return
+        if not context.presence_events.allow():
+            context.refused("presence_events_per_second")
+            self._shutdown_channel(channel, reasons.TOO_MANY_PRESENCE_MESSAGES)
+            return
+        stored = yield PresenceTrack(channel, channel.presence_key, payload)
+        if self.channels.get(channel.topic) is not channel:
+            return
+        if stored is not True:
+            detail = stored.detail if isinstance(stored, Unavailable | PolicyFailed) else stored
+            log.warning("UnableToTrackPresence on %s: %s", printable(channel.subtopic), detail)
+            self._reply(msg, "error", {})
+            return
+        channel.presence_payload = payload
+        enabling = not channel.presence_enabled
+        channel.presence_enabled = True
+        self._reply(msg, "ok", {})
+        if enabling and channel.receives_presence:
+            # As upstream: the track that enables presence sends the state the join did not.
+            yield from self._sync(channel)
+
+    def _sync(self, channel: Channel) -> _Rule:
+        """A presence_state for a joined channel, and then the diffs it does not hold."""
+        if not self.context.presence_events.allow():
+            self._shutdown_channel(channel, reasons.TOO_MANY_PRESENCE_MESSAGES)
+            return
+        if channel.held is None:
+            channel.held = []
+        answer = yield PresenceSync(channel.subtopic, channel.private)
+        if self.channels.get(channel.topic) is not channel:
+            channel.held = None
+            return
+        if not isinstance(answer, PresenceSnapshot):
+            channel.held = None
+            self._shutdown_channel(channel, reasons.DATABASE_UNAVAILABLE)
+            return
+        self._push(channel, "presence_state", answer.state)
+        self._release(channel, answer)
+
+    def _read_checks(
+        self, channel: Channel, claims: dict[str, Any]
+    ) -> Generator[Request, Answer, tuple[bool, bool | None] | Unavailable]:
+        """The read policies of a joined private channel for ``claims``: (broadcast, presence),
+        presence None when it was never checked. A broken policy reads as no."""
+        extensions = ("broadcast", "presence") if channel.can_read_presence is not None else ("broadcast",)
+        results: list[bool] = []
+        for extension in extensions:
+            answer = yield ReadCheck(channel.subtopic, claims, extension)
+            if isinstance(answer, Unavailable):
+                return answer
+            if isinstance(answer, PolicyFailed):
+                log.warning(
+                    "RlsPolicyError: read check on %s failed: %s", printable(channel.subtopic), answer.detail
+                )
+            results.append(answer is True)
+        return results[0], (results[1] if len(results) > 1 else None)
+
+    @staticmethod
+    def _revoked(channel: Channel, broadcast: bool, presence: bool | None) -> bool:
+        """Whether a read that was allowed is no longer (or nothing is readable any more)."""
+        if channel.can_read and not broadcast:
+            return True
+        if channel.can_read_presence and presence is False:
+            return True
+        return not broadcast and not presence
+
     def _refresh_token(self, channel: Channel, payload: Any) -> _Rule:
         token = payload.get("access_token") if isinstance(payload, dict) else None
         # Ignored, never answered: null, unchanged, and the non-JWT `sb_` keys.
@@ -543,31 +754,29 @@ class Session:
             self._shutdown_channel(channel, reasons.INVALID_JWT)
             return
         if channel.private:
-            answer = yield ReadCheck(channel.subtopic, claims)
-            if isinstance(answer, Unavailable):
+            result = yield from self._read_checks(channel, claims)
+            if isinstance(result, Unavailable):
                 # The policies cannot be evaluated now. Fail closed on the new claims: the channel
                 # keeps its old token, permission and expiry until a refresh can be checked.
                 log.warning(
                     "UnableToConnectToProject: read re-check on %s postponed: %s",
                     channel.subtopic,
-                    answer.detail,
+                    result.detail,
                 )
                 return
-            elif isinstance(answer, PolicyFailed):
-                log.warning(
-                    "RlsPolicyError: read check on %s failed: %s", printable(channel.subtopic), answer.detail
-                )
-                allowed = False
-            else:
-                allowed = answer is True
             if self.channels.get(channel.topic) is not channel:
                 return
-            if not allowed:
+            broadcast, presence = result
+            if self._revoked(channel, broadcast, presence):
                 channel.can_read = False
                 self._shutdown_channel(channel, reasons.no_read_permission(channel.subtopic))
                 return
-            channel.can_read = True
-            channel.can_write = None  # re-checked on the next send, with the new claims
+            channel.can_read = broadcast
+            if presence is not None:
+                channel.can_read_presence = presence
+            # Re-checked on the next send or track, with the new claims.
+            channel.can_write = None
+            channel.can_write_presence = None
         channel.token = token
         channel.claims = claims
         channel.expires_at = self._expiry(claims)
@@ -584,11 +793,11 @@ class Session:
             return
         if not channel.private:
             return
-        answer = yield ReadCheck(channel.subtopic, claims)
+        result = yield from self._read_checks(channel, claims)
         if self.channels.get(channel.topic) is not channel:
             return
-        if isinstance(answer, Unavailable):
+        if isinstance(result, Unavailable):
             return  # checked again at the next period
-        if answer is not True:
+        if self._revoked(channel, *result):
             channel.can_read = False
             self._shutdown_channel(channel, reasons.no_read_permission(channel.subtopic))
