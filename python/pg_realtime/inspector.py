@@ -36,6 +36,7 @@ from .diagnostics import Diagnostics
 from .metrics import Metrics
 from .session import Session
 from .stream import MessageStream
+from .tracker import PresenceTracker
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 TEMPLATE_DIR = PACKAGE_DIR / "templates"
@@ -81,6 +82,7 @@ class Inspected(Protocol):
     diagnostics: Diagnostics | None
     bus: PostgresBus | None
     cluster: Cluster | None
+    tracker: PresenceTracker | None
 
     @property
     def sessions(self) -> list[Session]: ...
@@ -231,9 +233,19 @@ class Inspector:
             "near_misses": None,
             "cluster": self.cluster_stats(detailed),
         }
+        tracker = server.tracker
+        body["presences_tracked"] = len(tracker.local) if tracker is not None else 0
         if detailed:
+            # Presences of the topics whose presence state this sidecar keeps (a client here
+            # enabled presence on them); None for the others.
+            presences = tracker.counts() if tracker is not None else {}
             body["topics"] = [
-                {"topic": subtopic, "private": private, "subscribers": count}
+                {
+                    "topic": subtopic,
+                    "private": private,
+                    "subscribers": count,
+                    "presences": presences.get((subtopic, private)),
+                }
                 for subtopic, private, count in sorted(server.registry.topics())
             ]
             listed = []

@@ -31,9 +31,8 @@ State = dict[str, dict[str, list[Meta]]]
 
 
 def new_ref() -> str:
-    """A fresh ``phx_ref``: the time in nanoseconds and random bits, URL-safe base64 (16 chars).
-
-    Unique across sidecars without coordination, and in creation order within one."""
+    """A fresh ``phx_ref``: the time in nanoseconds and random bits, URL-safe base64 (16 chars),
+    unique across sidecars without coordination (as Phoenix makes its refs)."""
     raw = time.time_ns().to_bytes(8, "big") + os.urandom(4)
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 

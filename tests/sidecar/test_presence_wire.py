@@ -183,3 +183,87 @@ async def test_the_sixth_presence_push_in_the_window_closes_the_channel(live_ser
             "channel": "room",
         }
         assert (await next_event(ws, "phx_close"))[0] == "1"
+
+
+# -- private presence: the same row-level security, with extension = 'presence' -------------------
+
+PRESENCE_POLICIES = """
+create policy presence_read on realtime.messages for select to authenticated
+  using (topic = (select realtime.topic()) and extension = 'presence'
+         and (select realtime.topic()) in ('lobby', 'stage'));
+create policy broadcast_read on realtime.messages for select to authenticated
+  using (topic = (select realtime.topic()) and extension = 'broadcast'
+         and (select realtime.topic()) = 'stage');
+create policy presence_write on realtime.messages for insert to authenticated
+  with check (topic = (select realtime.topic()) and extension = 'presence'
+              and (select realtime.topic()) = 'stage');
+"""
+
+
+async def private_socket(server: Any, subtopic: str, key: str, enabled: bool = True) -> tuple[RawSocket, Any]:
+    ws = await RawSocket.connect(server.url, server.token())
+    token = server.token("authenticated", sub=key)
+    reply = reply_of(await ws.join(subtopic, presence_config(key, enabled, private=True), access_token=token))
+    return ws, reply
+
+
+async def test_a_presence_only_read_joins_and_sees_presence_but_no_broadcasts(live_server, db):
+    db.execute(PRESENCE_POLICIES)
+    writer, reply = await private_socket(live_server, "stage", "writer")
+    assert reply["status"] == "ok"
+    await next_event(writer, "presence_state")
+    # lobby: presence read only. The join succeeds on it (upstream: broadcast OR presence read).
+    watcher, reply = await private_socket(live_server, "lobby", "watcher")
+    assert reply["status"] == "ok"
+    assert (await next_event(watcher, "presence_state"))[4] == {}
+    # Without presence enabled, a presence-only read is no read at all.
+    blind, reply = await private_socket(live_server, "lobby", "blind", enabled=False)
+    assert reply["status"] == "error"
+    await blind.close()
+    try:
+        # A stored private broadcast on lobby reaches nobody (no broadcast read there).
+        db.execute("select realtime.send('{\"a\": 1}', 'e', 'lobby', true)")
+        await watcher.expect_silence(0.5)
+        # stage: read both, write presence: the track is stored and seen.
+        assert (await push(writer, "stage", {"event": "track", "payload": {"w": 1}}))["status"] == "ok"
+        diff = (await next_event(writer, "presence_diff"))[4]
+        assert list(diff["joins"]) == ["writer"]
+    finally:
+        await writer.close()
+        await watcher.close()
+
+
+async def test_without_presence_write_the_track_is_an_error_and_nobody_sees_it(live_server, db):
+    db.execute(PRESENCE_POLICIES)
+    watcher, _ = await private_socket(live_server, "lobby", "watcher")
+    tracker, _ = await private_socket(live_server, "lobby", "tracker")
+    try:
+        await next_event(watcher, "presence_state")
+        await next_event(tracker, "presence_state")
+        assert await push(tracker, "lobby", {"event": "track", "payload": {"t": 1}}) == {
+            "status": "error",
+            "response": {},
+        }
+        await watcher.expect_silence(0.5)
+        await tracker.expect_silence(0.1)
+        assert scalar(db, "select count(*) from realtime.presences") == 0
+    finally:
+        await watcher.close()
+        await tracker.close()
+
+
+async def test_a_private_track_that_enables_presence_checks_the_presence_read(live_server, db):
+    db.execute(PRESENCE_POLICIES)
+    # stage: broadcast read lets the join through without presence; the track then checks
+    # presence read and write, and the state follows.
+    ws, reply = await private_socket(live_server, "stage", "late", enabled=False)
+    try:
+        assert reply["status"] == "ok"
+        assert (await push(ws, "stage", {"event": "track", "payload": {"l": 1}}))["status"] == "ok"
+        state = (await next_event(ws, "presence_state"))[4]
+        # The client's own join is in the state, or in a diff around it (it is applied either way).
+        if "late" not in state:
+            diff = (await next_event(ws, "presence_diff"))[4]
+            assert list(diff["joins"]) == ["late"]
+    finally:
+        await ws.close()

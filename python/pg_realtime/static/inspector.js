@@ -404,7 +404,8 @@
           { 'data-topic': t.topic },
           el('td', {}, t.topic),
           el('td', {}, t.private ? 'private' : 'public'),
-          el('td', {}, fmt(t.subscribers))
+          el('td', {}, fmt(t.subscribers)),
+          el('td', {}, t.presences === null || t.presences === undefined ? '–' : fmt(t.presences))
         )
       )
     }
