@@ -1,8 +1,10 @@
 """The sidecar registry: which sidecars serve this database, kept by leases in realtime.sidecars.
 
 Each sidecar records itself at start (name, host:port, start time) and renews its lease every
-``renew_s``; a renewal also removes the sidecars whose lease ran out, so one killed with
-``kill -9`` is gone within ``lease_s``. The same loop reads ``pg_notification_queue_usage()``
+``renew_s``; a renewal also removes the sidecars whose lease ran out, and their presences
+with leaves, so one killed with ``kill -9`` is gone within ``lease_s``. A renewal that finds this
+sidecar's own lease had lapsed (a long pause, a partition) says so (``on_rejoined``): its
+presences were removed meanwhile and are written again. The same loop reads ``pg_notification_queue_usage()``
 (the bus's queue, shared by the whole server) and empties the next partition of the bus
 attachments. It uses the pool: these are a few short statements every few seconds.
 """

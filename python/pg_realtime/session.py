@@ -3,10 +3,11 @@
 A :class:`Session` takes decoded frames (:meth:`Session.receive`), clock ticks
 (:meth:`Session.tick`) and the answers to its own requests (:meth:`Session.answer`). It queues
 the frames to send in its :class:`~pg_realtime.channels.Outbox` and, when a rule needs the
-database, stops with a request in :attr:`Session.pending`: a read check, a write check or a
-replay query. Whoever drives it performs the request and calls :meth:`Session.answer` with
-the result, a plain value or a :data:`Failure`; the rule then goes on where it stopped. Only
-one frame is in progress at a time, so frames are handled in the order they arrived.
+database, stops with a request in :attr:`Session.pending`: a read check, a write check, a
+replay query, a presence state or a presence track. Whoever drives it performs the request and
+calls :meth:`Session.answer` with the result, a plain value or a :data:`Failure`; the rule then
+goes on where it stopped. Only one frame is in progress at a time, so frames are handled in the
+order they arrived.
 
 The rules are written as generators (``answer = yield ReadCheck(...)``), in the manner of
 psycopg's generators: the logic reads top to bottom while the waiting happens outside.
@@ -485,13 +486,14 @@ class Session:
                 return
             replayed = rows
         snapshot: PresenceSnapshot | None = None
+        # As upstream: past the server's presence rate the join succeeds and the channel is then
+        # shut down, instead of getting its presence state.
+        overloaded = False
         if request.presence_enabled and channel.receives_presence:
+            overloaded = not context.presence_events.allow()
+        if request.presence_enabled and channel.receives_presence and not overloaded:
             # The presence state comes with the number of the last event it holds: the diffs held
             # meanwhile that it already holds are dropped, the later ones sent after it.
-            if not context.presence_events.allow():
-                refuse(reasons.TOO_MANY_PRESENCE_MESSAGES, "presence_events_per_second")
-                self._abandon_join(channel)
-                return
             if channel.held is None:
                 channel.held = []
             self._register(channel)
@@ -518,6 +520,10 @@ class Session:
         if snapshot is not None:
             self._push(channel, "presence_state", snapshot.state)
         self._release(channel, snapshot)
+        if overloaded:
+            context.refused("presence_events_per_second")
+            self._shutdown_channel(channel, reasons.TOO_MANY_PRESENCE_MESSAGES)
+            return
         if request.replication_ready:
             channel.ready_deadline = self.now + REPLICATION_READY_TIMEOUT_S
             self._announce_ready(channel)

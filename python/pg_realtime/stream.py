@@ -1,5 +1,8 @@
 """The commit-safe reader: every committed row of realtime.messages, once, no replication.
 
+The same statement reads realtime.presence_events (presence changes, see ``tracker.py``) with
+the same rule and snapshot, so messages and presence changes arrive in one commit order.
+
 Each read is one statement that returns the statement's own snapshot S' together with
 the rows whose writing transaction finished between the previous snapshot S and S':
 

@@ -25,7 +25,7 @@ declare
     v_held boolean;
     v_gone uuid [];
 begin
-    perform 1 from realtime.sidecars as s where s.id = p_id for update;
+    perform 1 from realtime.sidecars as s where s.id = p_id for no key update;
     v_held := found;
 
     with gone as (

@@ -7,6 +7,7 @@ from typing import Any
 
 from pg_realtime import reasons
 from pg_realtime.channels import Channel
+from pg_realtime.limits import RateWindow
 from pg_realtime.phoenix import Message
 from pg_realtime.presence import (
     ClientPresenceLimit,
@@ -219,3 +220,17 @@ def test_limits_close_the_channel_with_upstreams_texts() -> None:
     assert system["payload"]["message"] == reasons.TRACK_SIZE_EXCEEDED
     assert close["event"] == "phx_close"
     assert "realtime:room" not in session.channels
+
+
+def test_past_the_servers_presence_rate_a_join_succeeds_and_its_channel_is_shut_down() -> None:
+    world, _ = presence_world()
+    object.__setattr__(world.context, "presence_events", RateWindow(1))
+    first, second = world.session(), world.session()
+    join(first, "room", {"presence": {"enabled": True}})
+    first.answer(PresenceSnapshot({}, 0), NOW)
+    join(second, "room", {"presence": {"enabled": True}})
+    assert second.pending is None
+    ok, system, close = frames(second)
+    assert reply(ok)[0] == "ok"
+    assert system["event"] == "system" and system["payload"]["message"] == reasons.TOO_MANY_PRESENCE_MESSAGES
+    assert close["event"] == "phx_close"
