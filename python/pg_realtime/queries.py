@@ -6,6 +6,7 @@ instead of raising: the session's rules decide what a failure means to the clien
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -83,3 +84,5 @@ class PolicyFailed:
 
 Failure = Unavailable | PolicyFailed
 Answer = bool | list[Row] | PresenceSnapshot | Failure
+#: A session's rule: a generator that yields requests and is sent their answers.
+Rule = Generator[Request, Answer, None]
