@@ -3,7 +3,8 @@
 -- first. renewed is true on the caller's row when its lease was still held: false there after a
 -- first registration, or when the lease had run out and the sidecar was removed (its presences
 -- with it), which the caller must then write again. The caller's row is locked first, so no other
--- renewal removes it between that test and the refresh; the caller never removes itself.
+-- renewal removes it between that test and the refresh; the caller never removes itself (its own
+-- presences, if its lease had lapsed, are rewritten by the caller, which is told so).
 create function realtime.sidecar_renew(
     p_id uuid, p_name text, p_address text, p_started_at timestamptz, p_lease interval
 )
@@ -35,7 +36,19 @@ begin
     )
 
     select pg_catalog.array_agg(gone.id) into v_gone from gone;
-    if v_gone is not null then
+    if not v_held then
+        -- A first registration, or one after the lease lapsed, or after a crash of the database
+        -- (realtime.sidecars is unlogged, so it comes back empty while realtime.presences does not):
+        -- presences of sidecars that are not registered at all belong to processes that are gone.
+        v_gone := coalesce(v_gone, '{}') || array(
+            select distinct p.sidecar_id
+            from realtime.presences as p
+            where
+                p.sidecar_id <> p_id
+                and not exists (select from realtime.sidecars as s where s.id = p.sidecar_id)
+        );
+    end if;
+    if v_gone is not null and pg_catalog.cardinality(v_gone) > 0 then
         perform realtime.presence_reap(v_gone);
     end if;
 
