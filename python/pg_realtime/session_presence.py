@@ -7,6 +7,7 @@ yield requests): upstream's checks in upstream's order, its replies and its text
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import orjson
@@ -20,6 +21,9 @@ from .queries import PolicyFailed, PresenceSync, PresenceTrack, ReadCheck, Rule,
 from .session_context import Socket
 
 log = logging.getLogger("pg_realtime")
+
+#: A NUL character in JSON text (``\u0000`` not itself escaped).
+_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 
 
 def presence(session: Socket, channel: Channel, msg: Message) -> Rule:
@@ -88,9 +92,15 @@ def track(session: Socket, channel: Channel, msg: Message, push: dict[str, Any])
     if payload == channel.presence_payload:
         session.reply(msg, "ok", {})  # the same payload again: nothing changes
         return
-    if len(orjson.dumps(payload)) > context.limits.max_payload_bytes:
+    encoded = orjson.dumps(payload)
+    if len(encoded) > context.limits.max_payload_bytes:
         context.refused("payload_size")
         session.shutdown_channel(channel, reasons.TRACK_SIZE_EXCEEDED)
+        return
+    if _NUL.search(encoded) or "\x00" in channel.subtopic or "\x00" in channel.presence_key:
+        # PostgreSQL's text and jsonb cannot hold a NUL character: such a presence cannot be stored.
+        context.refused("presence_unstorable")
+        session.reply(msg, "error", {})
         return
     if not context.presence_events.allow():
         context.refused("presence_events_per_second")

@@ -37,7 +37,7 @@ from .database import Database, DatabaseUnavailable
 from .logs import RateLimitedLog, first_line
 from .phoenix import Vsn
 from .presence import PresenceEvent, PresenceSnapshot, TopicPresence, meta, new_ref
-from .queries import Answer, Unavailable
+from .queries import Answer, PolicyFailed, Unavailable
 
 log = logging.getLogger("pg_realtime")
 
@@ -234,15 +234,30 @@ class PresenceTracker:
                 self._replace = False
                 try:
                     written = await self._write(untrack, track, replace)
-                    if not written:
-                        # The lease ran out and the presences are gone: register, write them all again.
+                except psycopg.Error as exc:
+                    if isinstance(exc, psycopg.OperationalError) or replace:
+                        written = None
+                        error: Exception = exc
+                    else:
+                        self._refuse(untrack, track, waiters, exc)
+                        continue
+                except (DatabaseUnavailable, OSError) as exc:
+                    written, error = None, exc
+                if written is False:
+                    # The lease ran out and the presences are gone: register, write them all again.
+                    try:
                         await self.register()
+                    except (psycopg.Error, DatabaseUnavailable, OSError) as exc:
+                        written, error = None, exc
+                    else:
                         self.rewrites += 1
                         self._replace = True
                         self._waiters[:0] = waiters
                         continue
-                except (psycopg.Error, DatabaseUnavailable, OSError) as exc:
-                    self._log.log(logging.WARNING, "write", "presence batch not written: %s", first_line(exc))
+                if written is None:
+                    self._log.log(
+                        logging.WARNING, "write", "presence batch not written: %s", first_line(error)
+                    )
                     # Kept for the next try (writing a batch twice changes nothing the second time);
                     # the tracks waiting are answered now, so no client waits for the database.
                     self._untrack[:0] = untrack
@@ -255,7 +270,7 @@ class PresenceTracker:
                                 self._track.setdefault(presence.ref, presence)
                     for waiter in waiters:
                         if not waiter.done():
-                            waiter.set_result(Unavailable(first_line(exc)))
+                            waiter.set_result(Unavailable(first_line(error)))
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, MAX_RETRY_S)
                     continue
@@ -264,6 +279,25 @@ class PresenceTracker:
                 for waiter in waiters:
                     if not waiter.done():
                         waiter.set_result(True)
+
+    def _refuse(
+        self,
+        untrack: list[str],
+        track: list[LocalPresence],
+        waiters: list[asyncio.Future[Answer]],
+        exc: psycopg.Error,
+    ) -> None:
+        """The database refused what a batch holds (not the connection): a retry would fail again
+        and hold every later change back. Its tracks are dropped and refused; its untracks go again."""
+        log.error("presence batch refused, its %d tracks dropped: %s", len(track), first_line(exc))
+        self._untrack[:0] = untrack
+        dropped = {presence.ref for presence in track}
+        for channel, presence in list(self.local.items()):
+            if presence.ref in dropped:
+                del self.local[channel]
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(PolicyFailed(first_line(exc)))
 
     def _reref(self) -> None:
         """New refs for every presence held here: others saw the old ones leave."""

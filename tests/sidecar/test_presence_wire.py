@@ -267,3 +267,20 @@ async def test_a_private_track_that_enables_presence_checks_the_presence_read(li
             assert list(diff["joins"]) == ["late"]
     finally:
         await ws.close()
+
+
+async def test_a_presence_the_database_cannot_store_is_refused_and_others_go_on(live_server):
+    async with await RawSocket.connect(live_server.url, live_server.token()) as ws:
+        await ws.join("room", presence_config("k"))
+        await next_event(ws, "presence_state")
+        # PostgreSQL's jsonb holds no NUL character.
+        assert await push(ws, "room", {"event": "track", "payload": {"name": "a\u0000b"}}) == {
+            "status": "error",
+            "response": {},
+        }
+        assert await push(ws, "room", {"event": "track", "payload": {"name": "a\\u0000b"}}) == {
+            "status": "ok",
+            "response": {},
+        }
+        diff = (await next_event(ws, "presence_diff"))[4]
+        assert diff["joins"]["k"]["metas"][0]["name"] == "a\\u0000b"
