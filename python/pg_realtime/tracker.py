@@ -289,7 +289,13 @@ class PresenceTracker:
     ) -> None:
         """The database refused what a batch holds (not the connection): a retry would fail again
         and hold every later change back. Its tracks are dropped and refused; its untracks go again."""
-        log.error("presence batch refused, its %d tracks dropped: %s", len(track), first_line(exc))
+        self._log.log(
+            logging.ERROR,
+            "refused",
+            "presence batch refused, its %d tracks dropped: %s",
+            len(track),
+            first_line(exc),
+        )
         self._untrack[:0] = untrack
         dropped = {presence.ref for presence in track}
         for channel, presence in list(self.local.items()):
