@@ -69,13 +69,25 @@ begin
     if not found then
         return false;
     end if;
-    with gone as (
-        delete from realtime.presences as p
-        where p.sidecar_id = p_sidecar and (p_replace or p.ref = any(p_untrack))
-        returning p.topic, p.private, p.key, p.meta
-    )
+    if p_replace then
+        with gone as (
+            delete from realtime.presences as p
+            where p.sidecar_id = p_sidecar
+            returning p.topic, p.private, p.key, p.meta
+        )
 
-    select coalesce(pg_catalog.jsonb_agg(pg_catalog.to_jsonb(gone)), '[]') into v_left from gone;
+        select coalesce(pg_catalog.jsonb_agg(pg_catalog.to_jsonb(gone)), '[]') into v_left from gone;
+    else
+        -- By primary key: the sidecar's other presences (and their dead versions) are not read.
+        -- IS NOT DISTINCT FROM is no index condition, so no plan scans the sidecar's index instead.
+        with gone as (
+            delete from realtime.presences as p
+            where p.ref = any(p_untrack) and p.sidecar_id is not distinct from p_sidecar
+            returning p.topic, p.private, p.key, p.meta
+        )
+
+        select coalesce(pg_catalog.jsonb_agg(pg_catalog.to_jsonb(gone)), '[]') into v_left from gone;
+    end if;
     with added as (
         insert into realtime.presences as p (ref, topic, private, key, sidecar_id, meta)
         select t.ref, t.topic, t.private, t.key, p_sidecar, t.meta
