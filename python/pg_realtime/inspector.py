@@ -28,12 +28,12 @@ from aiohttp import web
 
 from . import __version__
 from .auth import AuthError, Verifier, sign
-from .bus import PostgresBus
 from .channels import Registry
 from .cluster import Cluster
 from .config import Settings
 from .diagnostics import Diagnostics
 from .metrics import Metrics
+from .postgres_bus import PostgresBus
 from .session import Session
 from .stream import MessageStream
 

@@ -21,7 +21,7 @@ from aiohttp import web
 
 from . import phoenix
 from .auth import AuthError, Verifier
-from .bus import BusMetrics, BusRefused, ClusterBroadcaster, PostgresBus, read_attachments
+from .bus import ClusterBroadcaster
 from .channels import Registry
 from .cluster import Cluster, register_collector
 from .config import Settings
@@ -30,7 +30,8 @@ from .diagnostics import CAUSES, LOG_PERIOD_S, Diagnostics
 from .inspector import setup_inspector
 from .limits import RateWindow, SessionLimits
 from .logs import RateLimitedLog, printable
-from .metrics import Metrics
+from .metrics import BusMetrics, Metrics
+from .postgres_bus import BusRefused, PostgresBus, read_attachments
 from .pump import Connection
 from .rest import RestApi, bearer, json_response
 from .session import Session, SessionContext
