@@ -28,12 +28,12 @@ from aiohttp import web
 
 from . import __version__
 from .auth import AuthError, Verifier, sign
-from .bus import PostgresBus
 from .channels import Registry
 from .cluster import Cluster
 from .config import Settings
 from .diagnostics import Diagnostics
 from .metrics import Metrics
+from .postgres_bus import PostgresBus
 from .session import Session
 from .stream import MessageStream
 from .tracker import PresenceTracker
@@ -218,7 +218,10 @@ class Inspector:
             "uptime_s": round(time.time() - server.started_at, 1),
             "stream": {
                 "live": bool(stream is not None and stream.live),
-                "reason": stream.reason if stream is not None else "no database configured",
+                # A reason may quote the database's host (connection errors do).
+                "reason": (stream.reason if stream is not None else "no database configured")
+                if detailed
+                else None,
             },
             "sockets": len(sessions),
             "channels": server.registry.channel_count,
@@ -273,7 +276,9 @@ class Inspector:
         return {
             "bus": {
                 "up": bus is not None and bus.down_reason is None,
-                "reason": bus.down_reason if bus is not None else "no database configured",
+                "reason": (bus.down_reason if bus is not None else "no database configured")
+                if detailed
+                else None,
             },
             "size": len(members),
             "sidecars": [
@@ -305,7 +310,8 @@ class Inspector:
             demo=self.demo,
             config=config,
             static_prefix=STATIC_PREFIX,
-            database=_describe_database(self.server.settings.database_url),
+            # The page is anyone's: the host only in demo mode, where it is this machine's.
+            database=_describe_database(self.server.settings.database_url) if self.demo else "configured",
         )
         return web.Response(
             text=html,

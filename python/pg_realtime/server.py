@@ -21,16 +21,17 @@ from aiohttp import web
 
 from . import phoenix
 from .auth import AuthError, Verifier
-from .bus import BusMetrics, BusRefused, ClusterBroadcaster, PostgresBus, read_attachments
+from .bus import ClusterBroadcaster
 from .channels import Registry
 from .cluster import Cluster, register_collector
 from .config import Settings
 from .database import Database
 from .diagnostics import CAUSES, LOG_PERIOD_S, Diagnostics
-from .inspector import setup_inspector
+from .inspector import INSPECTOR_KEY, setup_inspector
 from .limits import RateWindow, SessionLimits
 from .logs import RateLimitedLog, printable
-from .metrics import Metrics
+from .metrics import BusMetrics, Metrics
+from .postgres_bus import BusRefused, PostgresBus, read_attachments
 from .pump import Connection
 from .rest import RestApi, bearer, json_response
 from .session import Session, SessionContext
@@ -251,14 +252,20 @@ class RealtimeServer:
     # -- HTTP handlers ----------------------------------------------------------------------
     async def healthz(self, request: web.Request) -> web.Response:
         if self.stopping:
-            return json_response(503, {"status": "stopping", "reason": "server is shutting down"})
-        if self.stream is None:
-            return json_response(503, {"status": "unavailable", "reason": "no database configured"})
-        if not self.stream.live:
-            return json_response(503, {"status": "unavailable", "reason": self.stream.reason})
-        if self.bus is not None and self.bus.down_reason is not None:
-            return json_response(503, {"status": "unavailable", "reason": self.bus.down_reason})
-        return json_response(200, {"status": "ok"})
+            status, state, reason = "stopping", "stopping", "server is shutting down"
+        elif self.stream is None:
+            status, state, reason = "unavailable", "no_database", "no database configured"
+        elif not self.stream.live:
+            status, state, reason = "unavailable", f"stream_{self.stream.state.value}", self.stream.reason
+        elif self.bus is not None and self.bus.down_reason is not None:
+            status, state, reason = "unavailable", "bus_down", self.bus.down_reason
+        else:
+            return json_response(200, {"status": "ok", "state": "live"})
+        body = {"status": status, "state": state}
+        # A reason may quote the database's host (connection errors do): the diagnostics key only.
+        if request.app[INSPECTOR_KEY].service_role(request) == 200:
+            body["reason"] = reason
+        return json_response(503, body)
 
     async def metrics_endpoint(self, request: web.Request) -> web.Response:
         self.metrics.sockets.set(len(self.connections))
