@@ -28,6 +28,7 @@ BENCHMARKS = {
     "broadcaster": "bench.alternative",
     "joins": "bench.joins",
     "cluster": "bench.cluster",
+    "presence": "bench.presence",
 }
 DOC = ROOT / "docs" / "benchmarks.md"
 

@@ -749,7 +749,8 @@ comment on function realtime.grant_access(name) is
 'realtime.messages); row-level security policies still apply.';
 
 -- 11. Many sidecars, one service: the cluster bus's attachments (for client broadcasts too large
--- for one notification) and the registry of running sidecars. New objects, created as a fresh
+-- for one notification), the registry of running sidecars, and presence kept across them (the
+-- presences, their events, and the functions that write them). New objects, created as a fresh
 -- install creates them.
 
 -- 60_bus_slot.sql
@@ -873,58 +874,111 @@ comment on column realtime.sidecars.renewed_at is 'Its last renewal.';
 comment on column realtime.sidecars.expires_at is 'When it counts as gone unless renewed.';
 
 -- 64_sidecar_renew.sql
--- One renewal: drop the sidecars whose lease ran out, record (or refresh) this one, and return
--- the cluster as it stands, oldest first. Statements of a SQL function each see the ones before.
+-- One renewal: remove the sidecars whose lease ran out (and their presences, with leaves), record
+-- or refresh this one, trim old presence events, and return the cluster as it stands, oldest
+-- first. renewed is true on the caller's row when its lease was still held: false there after a
+-- first registration, or when the lease had run out and the sidecar was removed (its presences
+-- with it), which the caller must then write again. The caller's row is locked first, so no other
+-- renewal removes it between that test and the refresh; the caller never removes itself (its own
+-- presences, if its lease had lapsed, are rewritten by the caller, which is told so).
 create function realtime.sidecar_renew(
     p_id uuid, p_name text, p_address text, p_started_at timestamptz, p_lease interval
 )
-returns setof realtime.sidecars
-language sql
+returns table (
+    id uuid,
+    name text,
+    address text,
+    started_at timestamptz,
+    renewed_at timestamptz,
+    expires_at timestamptz,
+    renewed boolean
+)
+language plpgsql
 volatile
 security invoker
 set search_path = pg_catalog, pg_temp
 as $$
-    delete from realtime.sidecars as s where s.expires_at < pg_catalog.clock_timestamp();
+declare
+    v_held boolean;
+    v_gone uuid [];
+begin
+    perform 1 from realtime.sidecars as s where s.id = p_id for no key update;
+    v_held := found;
+
+    with gone as (
+        delete from realtime.sidecars as s
+        where s.expires_at < pg_catalog.clock_timestamp() and s.id <> p_id
+        returning s.id
+    )
+
+    select pg_catalog.array_agg(gone.id) into v_gone from gone;
+    if not v_held then
+        -- A first registration, or one after the lease lapsed, or after a crash of the database
+        -- (realtime.sidecars is unlogged, so it comes back empty while realtime.presences does not):
+        -- presences of sidecars that are not registered at all belong to processes that are gone.
+        v_gone := coalesce(v_gone, '{}') || array(
+            select distinct p.sidecar_id
+            from realtime.presences as p
+            where
+                p.sidecar_id <> p_id
+                and not exists (select from realtime.sidecars as s where s.id = p.sidecar_id)
+        );
+    end if;
+    if v_gone is not null and pg_catalog.cardinality(v_gone) > 0 then
+        perform realtime.presence_reap(v_gone);
+    end if;
 
     insert into realtime.sidecars as s (id, name, address, started_at, renewed_at, expires_at)
     values (
         p_id, p_name, p_address, p_started_at,
         pg_catalog.clock_timestamp(), pg_catalog.clock_timestamp() + p_lease
     )
-    on conflict (id) do update
+    on conflict on constraint sidecars_pkey do update
     set name = excluded.name, address = excluded.address,
         renewed_at = excluded.renewed_at, expires_at = excluded.expires_at;
 
-    select s.* from realtime.sidecars as s order by s.started_at, s.id;
+    delete from realtime.presence_events as e
+    where e.inserted_at < pg_catalog.timezone('utc', pg_catalog.now()) - interval '10 minutes';
+
+    return query
+    select s.id, s.name, s.address, s.started_at, s.renewed_at, s.expires_at, (s.id = p_id and v_held)
+    from realtime.sidecars as s
+    order by s.started_at, s.id;
+end;
 $$;
 
 revoke execute on function realtime.sidecar_renew(uuid, text, text, timestamptz, interval) from public;
 
 comment on function realtime.sidecar_renew(uuid, text, text, timestamptz, interval) is
-'Renew a sidecar''s lease for p_lease (recording it if new), remove sidecars whose lease ran out, '
-'and return the sidecars serving this database.';
+'Renew a sidecar''s lease for p_lease (recording it if new), remove sidecars whose lease ran out '
+'with their presences, and return the sidecars serving this database (renewed: the caller''s '
+'lease was still held).';
 
 -- 65_sidecar_leave.sql
--- A sidecar that stops in order removes itself at once rather than waiting for its lease to run out.
+-- A sidecar that stops in order removes itself, and its presences with leaves, at once rather than
+-- waiting for its lease to run out.
 create function realtime.sidecar_leave(p_id uuid)
 returns void
-language sql
+language plpgsql
 volatile
 security invoker
 set search_path = pg_catalog, pg_temp
 as $$
+begin
     delete from realtime.sidecars as s where s.id = p_id;
+    perform realtime.presence_reap(array[p_id]);
+end;
 $$;
 
 revoke execute on function realtime.sidecar_leave(uuid) from public;
 
 comment on function realtime.sidecar_leave(uuid) is
-'Remove a sidecar from realtime.sidecars (it is stopping).';
+'Remove a sidecar from realtime.sidecars, and its presences with their leaves (it is stopping).';
 
 -- 66_grant_sidecar.sql
 -- Let a role that is neither the extension's owner nor a superuser run a sidecar's side of the
--- cluster: the bus attachments and the sidecar registry. (Reading realtime.messages past RLS is
--- separate: the role needs BYPASSRLS and realtime.grant_access().)
+-- cluster: the bus attachments, the sidecar registry and presence. (Reading realtime.messages past
+-- RLS is separate: the role needs BYPASSRLS and realtime.grant_access().)
 create function realtime.grant_sidecar(role_name name)
 returns void
 language plpgsql
@@ -945,9 +999,14 @@ begin
         'grant select, insert, update, delete on table realtime.sidecars to %I', grant_sidecar.role_name
     );
     execute pg_catalog.format(
+        'grant select, insert, delete on table realtime.presences, realtime.presence_events to %I',
+        grant_sidecar.role_name
+    );
+    execute pg_catalog.format(
         'grant execute on function realtime.bus_rotate(), '
         'realtime.sidecar_renew(uuid, text, text, timestamptz, interval), '
-        'realtime.sidecar_leave(uuid) to %I',
+        'realtime.sidecar_leave(uuid), realtime.presence_write(uuid, text[], jsonb, boolean), '
+        'realtime.presence_record(uuid, jsonb, jsonb), realtime.presence_reap(uuid[]) to %I',
         grant_sidecar.role_name
     );
 end;
@@ -958,4 +1017,222 @@ revoke execute on function realtime.grant_sidecar(name) from public;
 
 comment on function realtime.grant_sidecar(name) is
 'Grant a sidecar''s login role what the cluster bus and the sidecar registry need (the '
-'attachments of realtime.bus_attachments, realtime.sidecars and their functions).';
+'attachments of realtime.bus_attachments, realtime.sidecars, the presence tables and their '
+'functions).';
+
+-- 67_presences.sql
+-- Presence: who is on a channel topic. One row per tracked presence of a channel on a sidecar;
+-- the sidecars keep it, as the source of truth for a joining client's presence_state. LOGGED, as
+-- realtime.presence_events is: after a crash the table and its events still agree, and the
+-- sidecars' first renewals remove (with leaves) whatever belonged to the processes of before.
+create table realtime.presences (
+    ref text primary key,
+    topic text not null,
+    private boolean not null,
+    key text not null,
+    sidecar_id uuid not null,
+    meta jsonb not null,
+    tracked_at timestamptz not null default pg_catalog.now()
+);
+
+-- A joining client's presence_state is the presences of one topic and visibility.
+create index presences_topic_private_index on realtime.presences (topic, private);
+-- A sidecar whose lease ran out loses its presences at once.
+create index presences_sidecar_index on realtime.presences (sidecar_id);
+
+-- The changes of realtime.presences, one row per topic and visibility per writing transaction,
+-- in the shape of a presence_diff. The sidecars read them with the commit-safe read of
+-- realtime.messages (the same statement, the same snapshot), so every sidecar sees every change
+-- once, in commit order. Not in realtime.messages: Supabase's readers broadcast every row of that
+-- table, and these are no broadcasts. Kept for ten minutes (realtime.sidecar_renew() trims).
+create table realtime.presence_events (
+    id uuid not null default pg_catalog.gen_random_uuid() primary key,
+    topic text not null,
+    private boolean not null,
+    joins jsonb not null default '{}',
+    leaves jsonb not null default '{}',
+    sidecar_id uuid,
+    xid xid8 not null default pg_catalog.pg_current_xact_id(),
+    seq bigint generated always as identity (sequence name realtime.presence_events_seq cache 100),
+    inserted_at timestamp not null default pg_catalog.timezone('utc', pg_catalog.now())
+);
+
+-- The commit-safe read looks events up by xid, the catch-up after a failover and the trim by time.
+create index presence_events_xid_index on realtime.presence_events (xid);
+create index presence_events_inserted_at_index on realtime.presence_events (inserted_at);
+
+-- Only the sidecars write presence (as the owner, a superuser, or a role given
+-- realtime.grant_sidecar()); the roles of client tokens track through a sidecar, whose row-level
+-- security probes with extension = 'presence' on realtime.messages decide.
+revoke all on table realtime.presences from public;
+revoke all on table realtime.presence_events from public;
+
+comment on table realtime.presences is
+'Tracked presences: one row per channel that tracks on a sidecar, by topic, visibility and key.';
+comment on column realtime.presences.ref is 'The presence''s phx_ref, unique.';
+comment on column realtime.presences.topic is 'The channel topic without the "realtime:" prefix.';
+comment on column realtime.presences.private is 'True for the presence set of private channels.';
+comment on column realtime.presences.key is 'The presence key (config.presence.key, or one per join).';
+comment on column realtime.presences.sidecar_id is
+'The sidecar (realtime.sidecars.id) whose client tracks it.';
+comment on column realtime.presences.meta is
+'The tracked payload with phx_ref (and phx_ref_prev after an update).';
+comment on column realtime.presences.tracked_at is 'When it was tracked.';
+comment on table realtime.presence_events is
+'Changes of realtime.presences as presence diffs, read by every sidecar in commit order.';
+comment on column realtime.presence_events.id is 'Event id.';
+comment on column realtime.presence_events.topic is 'The channel topic without the "realtime:" prefix.';
+comment on column realtime.presence_events.private is 'True for the presence set of private channels.';
+comment on column realtime.presence_events.joins is 'Presences that joined: {key: {metas: [...]}}.';
+comment on column realtime.presence_events.leaves is 'Presences that left: {key: {metas: [...]}}.';
+comment on column realtime.presence_events.sidecar_id is
+'The sidecar that wrote it (null: a removal of lapsed sidecars).';
+comment on column realtime.presence_events.xid is
+'Top-level id of the writing transaction: the commit-safe reader selects rows by it.';
+comment on column realtime.presence_events.seq is 'Insertion order within the writing transaction.';
+comment on column realtime.presence_events.inserted_at is 'Insertion time (the transaction''s start), UTC.';
+comment on sequence realtime.presence_events_seq is 'Supplies realtime.presence_events.seq (its identity).';
+
+-- 68_presence_write.sql
+-- The presence diff of a set of removed and added presences, one event per topic and visibility.
+-- p_left and p_joined are arrays of {topic, private, key, meta}; the metas are grouped by key.
+create function realtime.presence_record(p_sidecar uuid, p_left jsonb, p_joined jsonb)
+returns integer
+language sql
+volatile
+security invoker
+set search_path = pg_catalog, pg_temp
+as $$
+    with changes as (
+        select c.topic, c.private, c.key, c.meta, false as joined
+        from pg_catalog.jsonb_to_recordset(p_left) as c (topic text, private boolean, key text, meta jsonb)
+        union all
+        select c.topic, c.private, c.key, c.meta, true as joined
+        from pg_catalog.jsonb_to_recordset(p_joined) as c (topic text, private boolean, key text, meta jsonb)
+    ),
+
+    per_key as (
+        select
+            ch.topic,
+            ch.private,
+            ch.joined,
+            ch.key,
+            pg_catalog.jsonb_build_object('metas', pg_catalog.jsonb_agg(ch.meta)) as metas
+        from changes as ch
+        group by ch.topic, ch.private, ch.joined, ch.key
+    ),
+
+    events as (
+        insert into realtime.presence_events (topic, private, joins, leaves, sidecar_id)
+        select
+            pk.topic,
+            pk.private,
+            coalesce(pg_catalog.jsonb_object_agg(pk.key, pk.metas) filter (where pk.joined), '{}'),
+            coalesce(pg_catalog.jsonb_object_agg(pk.key, pk.metas) filter (where not pk.joined), '{}'),
+            p_sidecar
+        from per_key as pk
+        group by pk.topic, pk.private
+        returning 1
+    )
+
+    select count(*)::integer from events;
+$$;
+
+revoke execute on function realtime.presence_record(uuid, jsonb, jsonb) from public;
+
+comment on function realtime.presence_record(uuid, jsonb, jsonb) is
+'Record presences that left and joined as realtime.presence_events, one per topic and visibility.';
+
+-- One batch of a sidecar's presence changes, in one transaction: remove the presences p_untrack
+-- names (or, with p_replace, every presence of the sidecar), add those of p_track (an array of
+-- {ref, topic, private, key, meta}), and record the diff. False, with nothing written, when the
+-- sidecar is not registered: its lease ran out and its presences were removed, so it must renew
+-- and write all of its presences again (p_replace). The sidecar's row is locked (KEY SHARE) so
+-- that no renewal removes it, and its presences, while this batch is being written. A batch
+-- written twice (its commit was not confirmed) changes nothing the second time.
+create function realtime.presence_write(p_sidecar uuid, p_untrack text[], p_track jsonb, p_replace boolean)
+returns boolean
+language plpgsql
+volatile
+security invoker
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_left jsonb;
+    v_joined jsonb;
+begin
+    perform 1 from realtime.sidecars as s where s.id = p_sidecar for key share;
+    if not found then
+        return false;
+    end if;
+    if p_replace then
+        with gone as (
+            delete from realtime.presences as p
+            where p.sidecar_id = p_sidecar
+            returning p.topic, p.private, p.key, p.meta
+        )
+
+        select coalesce(pg_catalog.jsonb_agg(pg_catalog.to_jsonb(gone)), '[]') into v_left from gone;
+    else
+        -- By primary key: the sidecar's other presences (and their dead versions) are not read.
+        -- IS NOT DISTINCT FROM is no index condition, so no plan scans the sidecar's index instead.
+        with gone as (
+            delete from realtime.presences as p
+            where p.ref = any(p_untrack) and p.sidecar_id is not distinct from p_sidecar
+            returning p.topic, p.private, p.key, p.meta
+        )
+
+        select coalesce(pg_catalog.jsonb_agg(pg_catalog.to_jsonb(gone)), '[]') into v_left from gone;
+    end if;
+    with added as (
+        insert into realtime.presences as p (ref, topic, private, key, sidecar_id, meta)
+        select t.ref, t.topic, t.private, t.key, p_sidecar, t.meta
+        from pg_catalog.jsonb_to_recordset(p_track) as t (ref text, topic text, private boolean, key text, meta jsonb)
+        on conflict (ref) do nothing
+        returning p.topic, p.private, p.key, p.meta
+    )
+
+    select coalesce(pg_catalog.jsonb_agg(pg_catalog.to_jsonb(added)), '[]') into v_joined from added;
+    perform realtime.presence_record(p_sidecar, v_left, v_joined);
+    return true;
+end;
+$$;
+
+revoke execute on function realtime.presence_write(uuid, text[], jsonb, boolean) from public;
+
+comment on function realtime.presence_write(uuid, text[], jsonb, boolean) is
+'Apply one batch of a sidecar''s presence changes and record them as realtime.presence_events; '
+'false when the sidecar is not registered (it must renew and write all its presences again).';
+
+-- Remove the presences of sidecars that are gone, with their leaves.
+create function realtime.presence_reap(p_sidecars uuid[])
+returns integer
+language plpgsql
+volatile
+security invoker
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_left jsonb;
+    v_count integer;
+begin
+    with gone as (
+        delete from realtime.presences as p
+        where p.sidecar_id = any(p_sidecars)
+        returning p.topic, p.private, p.key, p.meta
+    )
+
+    select coalesce(pg_catalog.jsonb_agg(pg_catalog.to_jsonb(gone)), '[]'), count(*)::integer
+    into v_left, v_count
+    from gone;
+    if v_count > 0 then
+        perform realtime.presence_record(null, v_left, '[]');
+    end if;
+    return v_count;
+end;
+$$;
+
+revoke execute on function realtime.presence_reap(uuid[]) from public;
+
+comment on function realtime.presence_reap(uuid[]) is
+'Remove the presences of the given sidecars and record their leaves; returns how many.';

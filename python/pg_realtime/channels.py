@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .phoenix import Vsn
+from .presence import ClientPresenceLimit
 
 Frame = str | bytes
 
@@ -97,10 +98,20 @@ class Channel:
     recheck_at: float | None = None
     #: Until when a ``replication_ready`` notice may wait for the reader (None: none asked).
     ready_deadline: float | None = None
-    #: Live frames that arrived while the join was replaying, with their message id.
-    held: list[tuple[Frame, str | None]] | None = None
+    #: Live frames that arrived while the join was replaying or loading its presence state, with
+    #: their message id (a broadcast) or the number of their presence event (a presence_diff).
+    held: list[tuple[Frame, str | int | None]] | None = None
     #: Ids of the replayed messages: their live copies are not sent again.
     replayed: set[str] | None = None
+
+    #: Presence: the key this channel tracks under, the private channel's presence policies
+    #: (None: not checked yet), the payload tracked last (None: not tracking), the limit on
+    #: presence pushes.
+    presence_key: str = ""
+    can_read_presence: bool | None = None
+    can_write_presence: bool | None = None
+    presence_payload: dict[str, Any] | None = None
+    presence_calls: ClientPresenceLimit | None = None
 
     @property
     def key(self) -> tuple[str, bool]:
@@ -110,6 +121,12 @@ class Channel:
     def receives_broadcasts(self) -> bool:
         # Public channels run no RLS; a private channel receives once its read check passed.
         return not self.private or self.can_read is True
+
+    @property
+    def receives_presence(self) -> bool:
+        # As upstream: every public subscriber gets presence diffs (whether it enabled presence or
+        # not); a private one once its presence read check passed.
+        return not self.private or self.can_read_presence is True
 
 
 Encoder = Callable[[Vsn], Frame | None]
@@ -129,12 +146,12 @@ class Registry:
     def __init__(self) -> None:
         self._by_key: dict[tuple[str, bool], dict[Channel, None]] = {}
         self.channel_count = 0
-        #: The diagnostics' near-miss index, if any (see :meth:`attach`).
-        self.index: KeyIndex | None = None
+        #: Told of every key's first and last channel (the diagnostics' near-miss index, presence).
+        self.indexes: list[KeyIndex] = []
 
     def attach(self, index: KeyIndex) -> None:
         """Keep ``index`` told of every key, those already here included."""
-        self.index = index
+        self.indexes.append(index)
         for subtopic, private in self._by_key:
             index.added(subtopic, private)
 
@@ -142,8 +159,8 @@ class Registry:
         subscribers = self._by_key.get(channel.key)
         if subscribers is None:
             subscribers = self._by_key[channel.key] = {}
-            if self.index is not None:
-                self.index.added(channel.subtopic, channel.private)
+            for index in self.indexes:
+                index.added(channel.subtopic, channel.private)
         if channel not in subscribers:
             subscribers[channel] = None
             self.channel_count += 1
@@ -155,8 +172,8 @@ class Registry:
             self.channel_count -= 1
             if not subscribers:
                 del self._by_key[channel.key]
-                if self.index is not None:
-                    self.index.removed(channel.subtopic, channel.private)
+                for index in self.indexes:
+                    index.removed(channel.subtopic, channel.private)
 
     def subscribers(self, subtopic: str, private: bool) -> Iterator[Channel]:
         return iter(tuple(self._by_key.get((subtopic, private), ())))
@@ -208,5 +225,27 @@ class Registry:
                 channel.peer.send(frame)
             else:
                 channel.held.append((frame, message_id))
+            delivered += 1
+        return delivered
+
+    def presence_out(self, subtopic: str, private: bool, encode: Encoder, number: int) -> int:
+        """A presence_diff to every subscriber of (subtopic, private) that receives presence; a
+        channel still waiting for its presence state holds it with the event's ``number``."""
+        subscribers = self._by_key.get((subtopic, private))
+        if not subscribers:
+            return 0
+        frames: dict[Vsn, Frame | None] = {}
+        delivered = 0
+        for channel in tuple(subscribers):
+            if not channel.receives_presence:
+                continue
+            vsn = channel.peer.vsn
+            frame = frames[vsn] if vsn in frames else frames.setdefault(vsn, encode(vsn))
+            if frame is None:
+                continue
+            if channel.held is None:
+                channel.peer.send(frame)
+            else:
+                channel.held.append((frame, number))
             delivered += 1
         return delivered

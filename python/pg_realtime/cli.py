@@ -23,11 +23,11 @@ from psycopg import sql
 
 from . import __version__
 from .auth import sign
-from .bus import BusRefused
 from .config import Settings
 from .diagnose import DEFAULT_URL, diagnose, registered_urls, service_key
 from .embedded import EmbeddedPostgres, EmbeddedPostgresError
 from .logs import RedactTokens
+from .postgres_bus import BusRefused
 from .server import RealtimeServer
 
 log = logging.getLogger("pg_realtime")

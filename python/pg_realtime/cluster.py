@@ -1,8 +1,10 @@
 """The sidecar registry: which sidecars serve this database, kept by leases in realtime.sidecars.
 
 Each sidecar records itself at start (name, host:port, start time) and renews its lease every
-``renew_s``; a renewal also removes the sidecars whose lease ran out, so one killed with
-``kill -9`` is gone within ``lease_s``. The same loop reads ``pg_notification_queue_usage()``
+``renew_s``; a renewal also removes the sidecars whose lease ran out, and their presences
+with leaves, so one killed with ``kill -9`` is gone within ``lease_s``. A renewal that finds this
+sidecar's own lease had lapsed (a long pause, a partition) says so (``on_rejoined``): its
+presences were removed meanwhile and are written again. The same loop reads ``pg_notification_queue_usage()``
 (the bus's queue, shared by the whole server) and empties the next partition of the bus
 attachments. It uses the pool: these are a few short statements every few seconds.
 """
@@ -56,12 +58,16 @@ class Cluster:
         renew_s: float = RENEW_S,
         lease_s: float = LEASE_S,
         on_queue_usage: Callable[[float], None] = lambda usage: None,
+        on_rejoined: Callable[[], None] = lambda: None,
     ) -> None:
         self.database = database
         self.address = address
         self.renew_s = renew_s
         self.lease_s = lease_s
         self.on_queue_usage = on_queue_usage
+        #: Called when a renewal finds this sidecar's lease had run out (its presences are gone).
+        self.on_rejoined = on_rejoined
+        self.registered = False
         self.id = str(uuid.uuid4())
         self.name = f"{socket.gethostname()}-{os.getpid()}"
         self.started_at = time.time()
@@ -76,7 +82,7 @@ class Cluster:
         async with self.database.connection() as conn:
             cur = await conn.execute(
                 "select id::text, name, address, extract(epoch from started_at)::float8, "
-                "extract(epoch from renewed_at)::float8 "
+                "extract(epoch from renewed_at)::float8, renewed "
                 "from realtime.sidecar_renew(%s::uuid, %s, %s, %s, %s)",
                 (
                     self.id,
@@ -86,7 +92,9 @@ class Cluster:
                     timedelta(seconds=self.lease_s),
                 ),
             )
-            self.members = [Member(*row) for row in await cur.fetchall()]
+            rows = await cur.fetchall()
+            self.members = [Member(*row[:5]) for row in rows]
+            lapsed = any(row[0] == self.id and not row[5] for row in rows)
             cur = await conn.execute("select pg_notification_queue_usage()")
             row = await cur.fetchone()
             await conn.commit()
@@ -95,6 +103,10 @@ class Cluster:
                 await conn.commit()
             except psycopg.errors.LockNotAvailable:
                 await conn.rollback()  # a reader holds the partition: the next renewal tries again
+        if lapsed and self.registered:
+            log.warning("sidecar registry: this sidecar's lease had run out; its presences are written again")
+            self.on_rejoined()
+        self.registered = True
         self._queue(float(row[0]) if row else 0.0)
 
     def _queue(self, usage: float) -> None:

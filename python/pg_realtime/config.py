@@ -115,6 +115,19 @@ class Settings:
     max_client_events_per_second: int = _opt(
         100, "REALTIME_MAX_CLIENT_EVENTS_PER_SECOND", "client events/s per socket (0 = off)"
     )
+    client_presence_max_calls: int = _opt(
+        5,
+        "REALTIME_CLIENT_PRESENCE_MAX_CALLS",
+        "presence pushes (track, untrack) per channel per window (0 = off); more closes the channel",
+    )
+    client_presence_window_ms: float = _opt(
+        30_000.0, "REALTIME_CLIENT_PRESENCE_WINDOW_MS", "the window of --client-presence-max-calls"
+    )
+    max_presence_events_per_second: int = _opt(
+        1000,
+        "REALTIME_MAX_PRESENCE_EVENTS_PER_SECOND",
+        "presence tracks and states sent per second, server-wide (0 = off); more closes the channel",
+    )
     rest_max_batch_messages: int = _opt(
         1000, "REALTIME_REST_MAX_BATCH_MESSAGES", "messages in one REST batch (0 = off)"
     )

@@ -78,15 +78,15 @@ class Database:
         if reason is not None:
             raise DatabaseUnavailable(reason)
 
-    async def can_read(self, subtopic: str, claims: dict[str, Any]) -> bool:
+    async def can_read(self, subtopic: str, claims: dict[str, Any], extension: str = "broadcast") -> bool:
         self._fail_fast()
         with database_errors():
-            return await self.authorizer.can_read(subtopic, claims)
+            return await self.authorizer.can_read(subtopic, claims, extension=extension)
 
-    async def can_write(self, subtopic: str, claims: dict[str, Any]) -> bool:
+    async def can_write(self, subtopic: str, claims: dict[str, Any], extension: str = "broadcast") -> bool:
         self._fail_fast()
         with database_errors():
-            return await self.authorizer.can_write(subtopic, claims)
+            return await self.authorizer.can_write(subtopic, claims, extension=extension)
 
     async def replay(self, subtopic: str, since_ms: int, limit: int) -> list[Row]:
         async with self.connection() as conn:

@@ -8,13 +8,17 @@ as a slow consumer. Each of these is a *cause* (:data:`CAUSES`), counted in
 ``realtime_undelivered_messages_total{cause}`` and logged once per topic, cause and period with
 what to change.
 
-What it costs. The registry tells the :class:`NearMissIndex` when a ``(subtopic, private)`` key
-appears or disappears (the first join and the last leave of a key, not every join). Keys are
-grouped by their :func:`normalise`\\ d topic; a subtopic whose group holds more than one key, or
-that had a refused join or a slow consumer in the last few minutes, or that someone asked the
-diagnostics endpoint about, is in ``NearMissIndex.watched``. The broadcaster looks further only
-when a message reached nobody or its subtopic is watched: for any other message the whole cost
-is one set lookup. Everything kept is bounded (topics, events and messages per topic).
+What it costs. The registry tells the :class:`~pg_realtime.near_miss_index.NearMissIndex` when
+a ``(subtopic, private)`` key appears or disappears (the first join and the last leave of a key,
+not every join). Keys are grouped by their :func:`normalise`\\ d topic; a subtopic whose group
+holds more than one key, or that had a refused join or a slow consumer in the last few minutes,
+or that someone asked the diagnostics endpoint about, is in ``NearMissIndex.watched``. The
+broadcaster looks further only when a message reached nobody or its subtopic is watched: for any
+other message the whole cost is one set lookup. Everything kept is bounded (topics, events and
+messages per topic).
+
+The index lives in :mod:`pg_realtime.near_miss_index`, the records and their wording in
+:mod:`pg_realtime.undelivered`; here they are kept, counted, logged and reported.
 
 No I/O: the log is a :class:`~pg_realtime.logs.RateLimitedLog` and the counters are passed in.
 """
@@ -25,20 +29,18 @@ import logging
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
 
-from .logs import RateLimitedLog, printable
+from .logs import RateLimitedLog
+from .near_miss_index import Key, NearMissIndex, difference, normalise
 from .phoenix import PayloadEncoding, UserBroadcast
 from .rows import Row
+from .undelivered import EVENT_WINDOW_S, Event, MessageRecord, Miss, Recent, explain
 
 #: The causes of a near-miss, the label values of ``realtime_undelivered_messages_total``.
 CAUSES = ("visibility", "topic_case", "topic_whitespace", "topic_prefix", "refused_join", "slow_consumer")
-PREFIX = "realtime:"
-#: Refused joins and slow-consumer drops count as near-misses for this long.
-EVENT_WINDOW_S = 300.0
 #: A topic asked about through the endpoint has all its messages recorded for this long.
 TRACE_WINDOW_S = 600.0
 MAX_MESSAGES_PER_TOPIC = 20
@@ -51,158 +53,6 @@ MAX_RECENT = 100
 PAYLOAD_PREVIEW_CHARS = 200
 LOG_PERIOD_S = 60.0
 
-Key = tuple[str, bool]
-
-
-def normalise(subtopic: str) -> str:
-    """The topic as the other side may have meant it: trimmed, case-folded, no ``realtime:``."""
-    topic = subtopic.strip()
-    while topic[: len(PREFIX)].casefold() == PREFIX:
-        topic = topic[len(PREFIX) :].strip()
-    return topic.casefold()
-
-
-def bare(subtopic: str) -> str:
-    """``subtopic`` trimmed and without ``realtime:`` prefixes, its case kept."""
-    topic = subtopic.strip()
-    while topic[: len(PREFIX)].casefold() == PREFIX:
-        topic = topic[len(PREFIX) :].strip()
-    return topic
-
-
-def difference(sent: str, joined: str) -> str:
-    """The cause that tells two subtopics of one normalised group apart (the biggest one)."""
-    if sent == joined:
-        return "visibility"
-    if sent.casefold() == joined.casefold():
-        return "topic_case"
-    if sent.strip().casefold() == joined.strip().casefold():
-        return "topic_whitespace"
-    return "topic_prefix"
-
-
-class NearMissIndex:
-    """The registry's keys grouped by normalised topic, and the subtopics worth a closer look.
-
-    ``watched`` counts, per subtopic, the reasons to look: one per key of the subtopic in a group
-    of two keys or more, one per live event or trace (:meth:`watch` and :meth:`unwatch`).
-    """
-
-    __slots__ = ("groups", "watched")
-
-    def __init__(self) -> None:
-        self.groups: dict[str, set[Key]] = {}
-        self.watched: dict[str, int] = {}
-
-    def added(self, subtopic: str, private: bool) -> None:
-        group = self.groups.setdefault(normalise(subtopic), set())
-        key = (subtopic, private)
-        if key in group:
-            return
-        group.add(key)
-        if len(group) == 2:
-            for other, _private in group:
-                self.watch(other)
-        elif len(group) > 2:
-            self.watch(subtopic)
-
-    def removed(self, subtopic: str, private: bool) -> None:
-        norm = normalise(subtopic)
-        group = self.groups.get(norm)
-        key = (subtopic, private)
-        if group is None or key not in group:
-            return
-        if len(group) >= 2:
-            self.unwatch(subtopic)
-        group.discard(key)
-        if len(group) == 1:
-            for other, _private in group:
-                self.unwatch(other)
-        elif not group:
-            del self.groups[norm]
-
-    def group(self, subtopic: str) -> Iterable[Key]:
-        return self.groups.get(normalise(subtopic), ())
-
-    def watch(self, subtopic: str) -> None:
-        self.watched[subtopic] = self.watched.get(subtopic, 0) + 1
-
-    def unwatch(self, subtopic: str) -> None:
-        left = self.watched.get(subtopic, 0) - 1
-        if left > 0:
-            self.watched[subtopic] = left
-        else:
-            self.watched.pop(subtopic, None)
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """A refused join or a subscriber dropped as a slow consumer."""
-
-    at: float
-    cause: str  # refused_join or slow_consumer
-    subtopic: str
-    private: bool
-    reason: str = ""  # the refusal's metric name (unauthorized, rls_error, invalid_token, ...)
-    detail: str = ""  # the refusal's text
-
-
-@dataclass(frozen=True, slots=True)
-class Miss:
-    """Subscribers a message nearly reached, and why it did not."""
-
-    cause: str
-    subtopic: str
-    private: bool
-    count: int
-    reason: str = ""
-    detail: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class MessageRecord:
-    """One message's fan-out, as the diagnostics endpoint shows it."""
-
-    source: str  # client, rest, database
-    subtopic: str
-    private: bool
-    event: str | None
-    committed_at: float | None  # a database row's inserted_at
-    read_at: float
-    matched: int  # subscribers of its (topic, visibility)
-    delivered: int
-    misses: tuple[Miss, ...]
-    payload: str | None  # a preview, for service_role callers only
-
-    def to_json(self, with_payload: bool) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "source": self.source,
-            "private": self.private,
-            "event": self.event,
-            "committed_at": self.committed_at,
-            "read_at": self.read_at,
-            "matched": self.matched,
-            "delivered": self.delivered,
-            "undelivered": [{"cause": miss.cause, **explain_json(self, miss)} for miss in self.misses],
-        }
-        if with_payload:
-            body["payload"] = self.payload
-        return body
-
-
-@dataclass(slots=True)
-class Recent:
-    """The latest near-miss of one (topic, cause), for the inspector page."""
-
-    subtopic: str
-    cause: str
-    event: str | None
-    private: bool
-    text: str
-    fix: str
-    at: float
-    count: int = 1
-
 
 class Counter(Protocol):
     def inc(self, amount: float = 1) -> None: ...
@@ -214,97 +64,6 @@ class Subscribers(Protocol):
     def count(self, subtopic: str, private: bool) -> int: ...
 
     def formats(self, subtopic: str, private: bool) -> dict[str, int]: ...
-
-
-# -- what to say -----------------------------------------------------------------------------------
-def _quote(value: str) -> str:
-    return '"' + printable(value).replace('"', '\\"') + '"'
-
-
-def _plural(count: int, one: str, many: str | None = None) -> str:
-    return f"{count} {one if count == 1 else (many or one + 's')}"
-
-
-def _vis(private: bool) -> str:
-    return "private" if private else "public"
-
-
-_REFUSAL_FIX = {
-    "unauthorized": (
-        "let the subscriber's role read the topic with a SELECT policy on realtime.messages "
-        "(realtime.topic() is the topic), or send with private => false to public channels"
-    ),
-    "rls_error": "fix the error of the SELECT policy on realtime.messages (logged with the refusal)",
-    "invalid_token": "give the client a valid, unexpired token for this server",
-    "database_unavailable": "the database was unreachable at join time: the client joins again by itself",
-}
-
-
-def explain(record: MessageRecord, miss: Miss) -> tuple[str, str]:
-    """(what happened, what to change) for one near-miss of a message."""
-    reached = (
-        "reached nobody"
-        if not record.delivered
-        else f"reached only {_plural(record.delivered, 'subscriber')}"
-    )
-    event = _quote(record.event) if record.event is not None else "none"
-    head = f"message to {_quote(record.subtopic)} (event {event}) is {_vis(record.private)} and {reached}"
-    on = _quote(miss.subtopic)
-    are = "is" if miss.count == 1 else "are"
-    others = f"{_plural(miss.count, _vis(miss.private) + ' subscriber')} {are} on {on}"
-    if miss.cause == "visibility":
-        fix = (
-            "join with config.private = true, or send with private => false"
-            if record.private
-            else "send with private => true, or join without config.private"
-        )
-        return f"{head}; {others}", fix
-    if miss.cause in ("topic_case", "topic_whitespace", "topic_prefix"):
-        also = "" if miss.private == record.private else f", and {_vis(record.private)} on both sides"
-        if miss.cause == "topic_case":
-            what, fix = (
-                "differs only in case",
-                "build the topic the same way on both sides (topics are case-sensitive)",
-            )
-        elif miss.cause == "topic_whitespace":
-            what, fix = "differs only in leading or trailing spaces", "trim the topic on both sides"
-        else:
-            what = 'differs by a "realtime:" prefix'
-            fix = (
-                f'use {_quote(bare(record.subtopic))} on both sides (clients add "realtime:" to a channel '
-                "name themselves; realtime.send() and the REST API take the topic without it)"
-            )
-        return f"{head}; {others}, which {what}", fix + also
-    if miss.cause == "refused_join":
-        joins = _plural(miss.count, f"{_vis(miss.private)} join")
-        was = "was" if miss.count == 1 else "were"
-        fix = _REFUSAL_FIX.get(miss.reason, "see the refusal reason")
-        minutes = f"{EVENT_WINDOW_S / 60:.0f} minutes"
-        return f"{head}; {joins} to {on} {was} refused in the last {minutes} ({printable(miss.detail)})", fix
-    # slow_consumer
-    dropped = _plural(miss.count, "subscriber")
-    was = "was" if miss.count == 1 else "were"
-    minutes = f"{EVENT_WINDOW_S / 60:.0f} minutes"
-    return (
-        f"{head}; {dropped} of {on} {was} dropped as a slow consumer in the last {minutes}",
-        "the client must read its socket faster, or raise --outbox-limit-bytes",
-    )
-
-
-def explain_json(record: MessageRecord, miss: Miss) -> dict[str, Any]:
-    text, fix = explain(record, miss)
-    return {
-        "topic": miss.subtopic,
-        "private": miss.private,
-        "subscribers": miss.count,
-        "text": text,
-        "fix": fix,
-    }
-
-
-def log_line(record: MessageRecord, miss: Miss) -> str:
-    text, fix = explain(record, miss)
-    return f"UndeliveredMessage: {text}: {fix}"
 
 
 # -- what the message was --------------------------------------------------------------------------
@@ -553,4 +312,4 @@ class Diagnostics:
         history.append(record)
 
 
-__all__ = ["CAUSES", "Diagnostics", "MessageRecord", "Miss", "NearMissIndex", "difference", "normalise"]
+__all__ = ["CAUSES", "Diagnostics"]

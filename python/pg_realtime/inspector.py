@@ -28,14 +28,15 @@ from aiohttp import web
 
 from . import __version__
 from .auth import AuthError, Verifier, sign
-from .bus import PostgresBus
 from .channels import Registry
 from .cluster import Cluster
 from .config import Settings
 from .diagnostics import Diagnostics
 from .metrics import Metrics
+from .postgres_bus import PostgresBus
 from .session import Session
 from .stream import MessageStream
+from .tracker import PresenceTracker
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 TEMPLATE_DIR = PACKAGE_DIR / "templates"
@@ -81,6 +82,7 @@ class Inspected(Protocol):
     diagnostics: Diagnostics | None
     bus: PostgresBus | None
     cluster: Cluster | None
+    tracker: PresenceTracker | None
 
     @property
     def sessions(self) -> list[Session]: ...
@@ -216,7 +218,10 @@ class Inspector:
             "uptime_s": round(time.time() - server.started_at, 1),
             "stream": {
                 "live": bool(stream is not None and stream.live),
-                "reason": stream.reason if stream is not None else "no database configured",
+                # A reason may quote the database's host (connection errors do).
+                "reason": (stream.reason if stream is not None else "no database configured")
+                if detailed
+                else None,
             },
             "sockets": len(sessions),
             "channels": server.registry.channel_count,
@@ -231,9 +236,19 @@ class Inspector:
             "near_misses": None,
             "cluster": self.cluster_stats(detailed),
         }
+        tracker = server.tracker
+        body["presences_tracked"] = len(tracker.local) if tracker is not None else 0
         if detailed:
+            # Presences of the topics whose presence state this sidecar keeps (a client here
+            # enabled presence on them); None for the others.
+            presences = tracker.counts() if tracker is not None else {}
             body["topics"] = [
-                {"topic": subtopic, "private": private, "subscribers": count}
+                {
+                    "topic": subtopic,
+                    "private": private,
+                    "subscribers": count,
+                    "presences": presences.get((subtopic, private)),
+                }
                 for subtopic, private, count in sorted(server.registry.topics())
             ]
             listed = []
@@ -261,7 +276,9 @@ class Inspector:
         return {
             "bus": {
                 "up": bus is not None and bus.down_reason is None,
-                "reason": bus.down_reason if bus is not None else "no database configured",
+                "reason": (bus.down_reason if bus is not None else "no database configured")
+                if detailed
+                else None,
             },
             "size": len(members),
             "sidecars": [
@@ -293,7 +310,8 @@ class Inspector:
             demo=self.demo,
             config=config,
             static_prefix=STATIC_PREFIX,
-            database=_describe_database(self.server.settings.database_url),
+            # The page is anyone's: the host only in demo mode, where it is this machine's.
+            database=_describe_database(self.server.settings.database_url) if self.demo else "configured",
         )
         return web.Response(
             text=html,

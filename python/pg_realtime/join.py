@@ -61,7 +61,10 @@ class JoinRequest:
             replication_ready=flexible_bool(broadcast.get("replication_ready"), False),
             private=flexible_bool(config.get("private"), False),
             presence_enabled=flexible_bool(presence.get("enabled"), False),
-            presence_key=key if isinstance(key, str) else "",
+            # As upstream, a key is taken as given and grouped by its text (a number too).
+            presence_key=key
+            if isinstance(key, str)
+            else (str(key) if isinstance(key, int | float) and not isinstance(key, bool) else ""),
             # As upstream: null entries are dropped, the rest are bindings.
             postgres_changes=[c for c in changes if isinstance(c, dict)] if isinstance(changes, list) else [],
             replay=broadcast.get("replay"),

@@ -22,6 +22,9 @@ class SessionLimits:
     refused_join_delay_s: float = 0.0
     #: A socket that holds no channel for this long is closed (the reference: 10 minutes).
     no_channel_timeout_s: float = 0.0
+    #: Presence pushes (track and untrack) a channel may make per window (the reference: 5 per 30 s).
+    presence_max_calls: int = 5
+    presence_window_s: float = 30.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SessionLimits:
@@ -33,6 +36,8 @@ class SessionLimits:
             outbox_limit_bytes=settings.outbox_limit_bytes,
             refused_join_delay_s=settings.refused_join_delay_ms / 1000,
             no_channel_timeout_s=settings.no_channel_timeout_s,
+            presence_max_calls=settings.client_presence_max_calls,
+            presence_window_s=settings.client_presence_window_ms / 1000,
         )
 
 

@@ -6,7 +6,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
 from .diagnostics import CAUSES as UNDELIVERED_CAUSES
@@ -157,3 +157,47 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class BusMetrics:
+    """The cluster bus's metrics, in the server's registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.up = Gauge("realtime_bus_up", "1 while the cluster bus can send and receive", registry=r)
+        self.messages = Counter(
+            "realtime_bus_messages_total",
+            "Client broadcasts over the cluster bus, by direction (out: published, in: from others)",
+            ["direction"],
+            registry=r,
+        )
+        self.local_only = Counter(
+            "realtime_bus_local_only_total",
+            "Client broadcasts delivered on this sidecar only, the bus being down or behind",
+            registry=r,
+        )
+        self.lost = Counter(
+            "realtime_bus_lost_total",
+            "Bus messages received but not deliverable (attachment gone, malformed)",
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "realtime_bus_batch_messages",
+            "Messages per bus transaction",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000),
+            registry=r,
+        )
+        self.latency = Histogram(
+            "realtime_bus_latency_seconds",
+            "From publishing on one sidecar to the fan-out on another (clocks of both hosts)",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
+            registry=r,
+        )
+        self.reconnects = Counter(
+            "realtime_bus_reconnects_total", "Bus connections re-established after a loss", registry=r
+        )
+        self.queue_usage = Gauge(
+            "realtime_bus_queue_usage",
+            "pg_notification_queue_usage(): the share of the server's notification queue in use",
+            registry=r,
+        )

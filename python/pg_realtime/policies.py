@@ -4,6 +4,9 @@ Both probes run in a transaction that is always rolled back, so they leave nothi
 behind. They run as the sidecar's login role (which must bypass RLS, as owner,
 superuser or BYPASSRLS) until ``set_config('role', ...)`` switches to the token's role.
 
+The probe row's ``extension`` is "broadcast" for broadcasts and "presence" for presence, as
+upstream's, so policies can tell the two apart.
+
 * read: insert a probe row while still privileged, switch to the user, and see whether
   the SELECT policies let the user see it.
 * write: switch to the user, insert without RETURNING (RETURNING would drag the SELECT
@@ -36,13 +39,13 @@ select set_config('role', %(role)s, true),
 # inserted_at is given explicitly so the SELECT can prune to one partition.
 _INSERT_READ_PROBE = """
 insert into realtime.messages (id, topic, extension, inserted_at, updated_at)
-values (%(id)s, %(topic)s, 'broadcast', timezone('utc', now()), timezone('utc', now()))
+values (%(id)s, %(topic)s, %(extension)s, timezone('utc', now()), timezone('utc', now()))
 """
 _SELECT_READ_PROBE = """
 select 1 from realtime.messages where id = %(id)s and inserted_at = timezone('utc', now())
 """
 _INSERT_WRITE_PROBE = """
-insert into realtime.messages (topic, extension) values (%(topic)s, 'broadcast')
+insert into realtime.messages (topic, extension) values (%(topic)s, %(extension)s)
 """
 
 
@@ -73,9 +76,12 @@ class Authorizer:
         return False
 
     @staticmethod
-    def _params(subtopic: str, claims: dict[str, Any], headers: dict[str, str] | None) -> dict[str, Any]:
+    def _params(
+        subtopic: str, claims: dict[str, Any], headers: dict[str, str] | None, extension: str
+    ) -> dict[str, Any]:
         sub = claims.get("sub")
         return {
+            "extension": extension,
             "role": str(claims.get("role", "")),
             "topic": subtopic,
             "claims": orjson.dumps(claims).decode(),
@@ -84,9 +90,13 @@ class Authorizer:
         }
 
     async def can_read(
-        self, subtopic: str, claims: dict[str, Any], headers: dict[str, str] | None = None
+        self,
+        subtopic: str,
+        claims: dict[str, Any],
+        headers: dict[str, str] | None = None,
+        extension: str = "broadcast",
     ) -> bool:
-        params = self._params(subtopic, claims, headers)
+        params = self._params(subtopic, claims, headers, extension)
         params["id"] = uuid.uuid4()
         try:
             async with self.pool.connection() as conn, conn.transaction(force_rollback=True):
@@ -103,9 +113,13 @@ class Authorizer:
             raise PolicyError(_describe(exc)) from None
 
     async def can_write(
-        self, subtopic: str, claims: dict[str, Any], headers: dict[str, str] | None = None
+        self,
+        subtopic: str,
+        claims: dict[str, Any],
+        headers: dict[str, str] | None = None,
+        extension: str = "broadcast",
     ) -> bool:
-        params = self._params(subtopic, claims, headers)
+        params = self._params(subtopic, claims, headers, extension)
         try:
             async with self.pool.connection() as conn, conn.transaction(force_rollback=True):
                 if await self._refuses_role(conn, claims):

@@ -23,8 +23,19 @@ from .database import Database, DatabaseUnavailable
 from .logs import first_line, printable
 from .phoenix import Message, Vsn
 from .policies import PolicyError
-from .queries import Answer, PolicyFailed, ReadCheck, ReplayQuery, Request, Unavailable, WriteCheck
+from .queries import (
+    Answer,
+    PolicyFailed,
+    PresenceSync,
+    PresenceTrack,
+    ReadCheck,
+    ReplayQuery,
+    Request,
+    Unavailable,
+    WriteCheck,
+)
 from .session import SLOW_CONSUMER_CLOSE, Session, SessionContext
+from .tracker import PresenceTracker
 
 log = logging.getLogger("pg_realtime")
 
@@ -35,15 +46,23 @@ CLOSE_TIMEOUT_S = 2.0
 SLOW_CONSUMER_MESSAGE = b"slow consumer: outgoing buffer limit exceeded"
 
 
-async def perform(database: Database | None, request: Request) -> Answer:
+async def perform(
+    database: Database | None, request: Request, tracker: PresenceTracker | None = None
+) -> Answer:
     """Carry out a session's request; failures come back as values, never as exceptions."""
     if database is None:
         return Unavailable("no database configured")
     try:
         if isinstance(request, ReadCheck):
-            return await database.can_read(request.subtopic, request.claims)
+            return await database.can_read(request.subtopic, request.claims, request.extension)
         if isinstance(request, WriteCheck):
-            return await database.can_write(request.subtopic, request.claims)
+            return await database.can_write(request.subtopic, request.claims, request.extension)
+        if isinstance(request, PresenceTrack | PresenceSync):
+            if tracker is None:
+                return Unavailable("presence needs the database")
+            if isinstance(request, PresenceTrack):
+                return await tracker.track(request.channel, request.key, request.payload)
+            return await tracker.snapshot(request.subtopic, request.private)
         if isinstance(request, ReplayQuery):
             return await database.replay(request.subtopic, request.since_ms, request.limit)
     except PolicyError as exc:
@@ -69,8 +88,10 @@ class Connection:
         transport: asyncio.Transport | None,
         idle_timeout_s: float,
         on_idle_timeout: Callable[[], None] | None = None,
+        tracker: PresenceTracker | None = None,
     ) -> None:
         self.ws = ws
+        self.tracker = tracker
         self.session = Session(context, vsn, token, claims, wakeup=self.wakeup)
         self.database = database
         self.transport = transport
@@ -159,7 +180,7 @@ class Connection:
     async def _drive(self) -> None:
         session = self.session
         while session.pending is not None:
-            answer = await perform(self.database, session.pending)
+            answer = await perform(self.database, session.pending, self.tracker)
             session.answer(answer)
 
     async def _drive_tick(self) -> None:

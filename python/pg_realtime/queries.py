@@ -6,26 +6,35 @@ instead of raising: the session's rules decide what a failure means to the clien
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from .presence import PresenceSnapshot
 from .rows import Row
+
+if TYPE_CHECKING:
+    from .channels import Channel
 
 
 @dataclass(frozen=True, slots=True)
 class ReadCheck:
-    """May these claims read (subtopic, private)? Answer: bool or a Failure."""
+    """May these claims read the private ``subtopic``'s broadcasts (or, with ``extension``
+    "presence", its presences)? Answer: bool or a Failure."""
 
     subtopic: str
     claims: dict[str, Any]
+    extension: str = "broadcast"
 
 
 @dataclass(frozen=True, slots=True)
 class WriteCheck:
-    """May these claims broadcast to (subtopic, private)? Answer: bool or a Failure."""
+    """May these claims broadcast to the private ``subtopic`` (or track a presence there, with
+    ``extension`` "presence")? Answer: bool or a Failure."""
 
     subtopic: str
     claims: dict[str, Any]
+    extension: str = "broadcast"
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +46,26 @@ class ReplayQuery:
     limit: int
 
 
-Request = ReadCheck | WriteCheck | ReplayQuery
+@dataclass(frozen=True, slots=True)
+class PresenceSync:
+    """The presences of (subtopic, private), for a channel's presence_state.
+    Answer: a PresenceSnapshot or a Failure."""
+
+    subtopic: str
+    private: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceTrack:
+    """Track ``payload`` as the channel's presence under ``key`` (replacing what it tracked).
+    Answer: True once stored, or a Failure."""
+
+    channel: Channel
+    key: str
+    payload: dict[str, Any]
+
+
+Request = ReadCheck | WriteCheck | ReplayQuery | PresenceSync | PresenceTrack
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,4 +83,6 @@ class PolicyFailed:
 
 
 Failure = Unavailable | PolicyFailed
-Answer = bool | list[Row] | Failure
+Answer = bool | list[Row] | PresenceSnapshot | Failure
+#: A session's rule: a generator that yields requests and is sent their answers.
+Rule = Generator[Request, Answer, None]

@@ -21,20 +21,23 @@ from aiohttp import web
 
 from . import phoenix
 from .auth import AuthError, Verifier
-from .bus import BusMetrics, BusRefused, ClusterBroadcaster, PostgresBus, read_attachments
+from .bus import ClusterBroadcaster
 from .channels import Registry
 from .cluster import Cluster, register_collector
 from .config import Settings
 from .database import Database
 from .diagnostics import CAUSES, LOG_PERIOD_S, Diagnostics
-from .inspector import setup_inspector
+from .inspector import INSPECTOR_KEY, setup_inspector
 from .limits import RateWindow, SessionLimits
 from .logs import RateLimitedLog, printable
-from .metrics import Metrics
+from .metrics import BusMetrics, Metrics
+from .postgres_bus import BusRefused, PostgresBus, read_attachments
 from .pump import Connection
 from .rest import RestApi, bearer, json_response
 from .session import Session, SessionContext
 from .stream import MessageStream, StreamState
+from .tracker import PresenceTracker
+from .tracker import register_collector as register_presence_collector
 
 log = logging.getLogger("pg_realtime")
 
@@ -75,6 +78,7 @@ class RealtimeServer:
         self.stream: MessageStream | None = None
         self.bus: PostgresBus | None = None
         self.cluster: Cluster | None = None
+        self.tracker: PresenceTracker | None = None
         #: host:port this sidecar serves on, as the sidecar registry lists it (see ``listening_on``).
         self.address = f"{settings.host}:{settings.port}"
         if settings.database_url:
@@ -83,6 +87,7 @@ class RealtimeServer:
             self.stream = MessageStream(
                 settings.database_url,
                 self.broadcaster.rows,
+                on_presence=self.tracker.events if self.tracker is not None else None,
                 poll_interval=settings.poll_interval_ms / 1000,
                 on_state=self._stream_state,
             )
@@ -99,6 +104,8 @@ class RealtimeServer:
             slow_consumer=self.metrics.slow_consumers.inc,
             log_refusal=self._log_refusal,
             stream_live=lambda: self.stream is not None and self.stream.live,
+            presence_events=RateWindow(settings.max_presence_events_per_second),
+            **self._presence(),
             **self._diagnostics_hooks(),
         )
         self.rest = RestApi(
@@ -134,8 +141,13 @@ class RealtimeServer:
             ),
         )
         self.broadcaster.bus = self.bus
-        self.cluster = Cluster(database, lambda: self.address, on_queue_usage=bus_metrics.queue_usage.set)
-        register_collector(self.metrics.registry, self.cluster)
+        cluster = self.cluster = Cluster(
+            database, lambda: self.address, on_queue_usage=bus_metrics.queue_usage.set
+        )
+        register_collector(self.metrics.registry, cluster)
+        tracker = self.tracker = PresenceTracker(registry, database, cluster.id, cluster.renew)
+        cluster.on_rejoined = tracker.rejoined
+        register_presence_collector(self.metrics.registry, tracker)
 
     def listening_on(self, host: str, port: int) -> None:
         """Where the server listens, once its socket is bound (the port may have been 0)."""
@@ -174,6 +186,8 @@ class RealtimeServer:
             self._tasks.append(asyncio.create_task(self.stream.run(), name="stream"))
             if self.cluster is not None:
                 self._tasks.append(asyncio.create_task(self.cluster.run(), name="cluster"))
+            if self.tracker is not None:
+                self._tasks.append(asyncio.create_task(self.tracker.run(), name="presence"))
             self._tasks.append(
                 asyncio.create_task(
                     self.database.maintain_forever(
@@ -185,6 +199,9 @@ class RealtimeServer:
         yield
         if self.stream is not None:
             self.stream.stop()
+        if self.tracker is not None:
+            # Before leaving the registry: a batch written after it would register this sidecar again.
+            self.tracker.stop()
         if self.cluster is not None:
             await self.cluster.leave()
         if self.bus is not None:
@@ -217,6 +234,9 @@ class RealtimeServer:
             logging.INFO, f"join:{metric}", "join of %s refused: %s", printable(topic), printable(text)
         )
 
+    def _presence(self) -> dict[str, Any]:
+        return {} if self.tracker is None else {"presence": self.tracker}
+
     def _diagnostics_hooks(self) -> dict[str, Any]:
         diagnostics = self.diagnostics
         if diagnostics is None:
@@ -232,14 +252,20 @@ class RealtimeServer:
     # -- HTTP handlers ----------------------------------------------------------------------
     async def healthz(self, request: web.Request) -> web.Response:
         if self.stopping:
-            return json_response(503, {"status": "stopping", "reason": "server is shutting down"})
-        if self.stream is None:
-            return json_response(503, {"status": "unavailable", "reason": "no database configured"})
-        if not self.stream.live:
-            return json_response(503, {"status": "unavailable", "reason": self.stream.reason})
-        if self.bus is not None and self.bus.down_reason is not None:
-            return json_response(503, {"status": "unavailable", "reason": self.bus.down_reason})
-        return json_response(200, {"status": "ok"})
+            status, state, reason = "stopping", "stopping", "server is shutting down"
+        elif self.stream is None:
+            status, state, reason = "unavailable", "no_database", "no database configured"
+        elif not self.stream.live:
+            status, state, reason = "unavailable", f"stream_{self.stream.state.value}", self.stream.reason
+        elif self.bus is not None and self.bus.down_reason is not None:
+            status, state, reason = "unavailable", "bus_down", self.bus.down_reason
+        else:
+            return json_response(200, {"status": "ok", "state": "live"})
+        body = {"status": status, "state": state}
+        # A reason may quote the database's host (connection errors do): the diagnostics key only.
+        if request.app[INSPECTOR_KEY].service_role(request) == 200:
+            body["reason"] = reason
+        return json_response(503, body)
 
     async def metrics_endpoint(self, request: web.Request) -> web.Response:
         self.metrics.sockets.set(len(self.connections))
@@ -294,6 +320,7 @@ class RealtimeServer:
             request.transport,
             self.settings.idle_timeout_s,
             on_idle_timeout=lambda: refusals.labels("idle_timeout").inc(),
+            tracker=self.tracker,
         )
         self.connections.add(connection)
         self.per_address[address] = self.per_address.get(address, 0) + 1

@@ -3,111 +3,57 @@
 A :class:`Session` takes decoded frames (:meth:`Session.receive`), clock ticks
 (:meth:`Session.tick`) and the answers to its own requests (:meth:`Session.answer`). It queues
 the frames to send in its :class:`~pg_realtime.channels.Outbox` and, when a rule needs the
-database, stops with a request in :attr:`Session.pending`: a read check, a write check or a
-replay query. Whoever drives it performs the request and calls :meth:`Session.answer` with
-the result, a plain value or a :data:`Failure`; the rule then goes on where it stopped. Only
-one frame is in progress at a time, so frames are handled in the order they arrived.
+database, stops with a request in :attr:`Session.pending`: a read check, a write check, a
+replay query, a presence state or a presence track. Whoever drives it performs the request and
+calls :meth:`Session.answer` with the result, a plain value or a :data:`Failure`; the rule then
+goes on where it stopped. Only one frame is in progress at a time, so frames are handled in the
+order they arrived.
 
 The rules are written as generators (``answer = yield ReadCheck(...)``), in the manner of
 psycopg's generators: the logic reads top to bottom while the waiting happens outside.
 No ``await``, sockets or database here; ``pump.py`` is the shell that does the I/O.
+
+The rules by feature are functions of the session beside it: the join (``session_join``),
+presence (``session_presence``), token refresh and the periodic re-check (``session_tokens``);
+what sessions share is in ``session_context``. This module keeps the inputs, the outputs, the
+channels' bookkeeping and the client broadcast.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Generator
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any
 
-from . import phoenix, reasons
-from .auth import AuthError
-from .broadcast import row_frame
-from .channels import Channel, Frame, Outbox, Registry
-from .join import JoinRequest, binding_id
-from .limits import RateWindow, SessionLimits
-from .logs import printable
+from . import phoenix, reasons, session_join, session_presence, session_tokens
+from .channels import Channel, Frame, Outbox
+from .limits import RateWindow
 from .phoenix import Message, UserBroadcast, Vsn
-from .queries import Answer, PolicyFailed, ReadCheck, ReplayQuery, Request, Unavailable, WriteCheck
-from .rows import Row
+from .presence import PresenceSnapshot
+from .queries import (
+    Answer,
+    PolicyFailed,
+    Request,
+    Rule,
+    Unavailable,
+    WriteCheck,
+)
+from .session_context import (
+    NORMAL_CLOSE,
+    POLICY_VIOLATION,
+    SLOW_CONSUMER_CLOSE,
+    PresenceSink,
+    Relay,
+    SessionContext,
+    TokenVerifier,
+)
+from .session_tokens import RECHECK_INTERVAL_S, expiry
 
 log = logging.getLogger("pg_realtime")
 
-#: The longest subtopic a join may name, in UTF-8 bytes.
-MAX_TOPIC_BYTES = 255
-#: Joined channels have their token and read policy checked again this often (as upstream).
-RECHECK_INTERVAL_S = 300.0
-#: ``replication_ready``: how long the notice may wait for the reader, and how often to look.
-REPLICATION_READY_TIMEOUT_S = 60.0
+#: ``replication_ready``: how often to look whether the reader is live.
 READY_POLL_S = 0.5
-SLOW_CONSUMER_CLOSE = 1008  # policy violation: the client stopped reading
-POLICY_VIOLATION = 1008
-NORMAL_CLOSE = 1000
-
-
-_Rule = Generator[Request, Answer, None]
-
-
-# -- what a session uses ------------------------------------------------------------------------
-class TokenVerifier(Protocol):
-    def verify(self, raw_token: str | None, now: float | None = None) -> dict[str, Any]: ...
-
-
-class Relay(Protocol):
-    """Where a client's broadcast goes: every matching subscriber but ``exclude``."""
-
-    def relay(
-        self,
-        subtopic: str,
-        private: bool,
-        message: UserBroadcast | dict[str, Any],
-        exclude: Channel | None = None,
-    ) -> int: ...
-
-
-def _ignore_refusal(reason: str) -> None:
-    return None
-
-
-def _ignore() -> None:
-    return None
-
-
-def _ignore_refused_join(subtopic: str, private: bool, metric: str, text: str) -> None:
-    return None
-
-
-def _ignore_keys(keys: list[tuple[str, bool]]) -> None:
-    return None
-
-
-def _log_refusal(metric: str, topic: str, text: str) -> None:
-    log.info("join of %s refused: %s", printable(topic), printable(text))
-
-
-@dataclass(frozen=True)
-class SessionContext:
-    """What all sessions of a server share: the registry, the token verifier, the relay, and
-    the server-wide rate windows. ``refused`` counts refusals by reason and ``slow_consumer``
-    the sockets closed for not reading (both for /metrics)."""
-
-    registry: Registry
-    verifier: TokenVerifier
-    relay: Relay
-    limits: SessionLimits = field(default_factory=SessionLimits)
-    joins: RateWindow = field(default_factory=lambda: RateWindow(0))
-    events: RateWindow = field(default_factory=lambda: RateWindow(0))
-    refused: Callable[[str], None] = _ignore_refusal
-    slow_consumer: Callable[[], None] = _ignore
-    #: Logs a refused join: (metric, topic, text); the server's is rate-limited and escapes the topic.
-    log_refusal: Callable[[str, str, str], None] = _log_refusal
-    #: Whether the reader of committed messages is live (for ``replication_ready``).
-    stream_live: Callable[[], bool] = lambda: True
-    #: Near-miss diagnostics: a refused join (subtopic, private, metric, text), and the channel
-    #: keys (subtopic, private) of a socket about to be closed as a slow consumer.
-    on_refused_join: Callable[[str, bool, str, str], None] = _ignore_refused_join
-    on_slow_consumer: Callable[[list[tuple[str, bool]]], None] = _ignore_keys
 
 
 class Session:
@@ -135,13 +81,13 @@ class Session:
         #: The request the rule in progress waits for; answer it before the next frame.
         self.pending: Request | None = None
         self.now = time.time() if now is None else now
-        self._rule: _Rule | None = None
+        self._rule: Rule | None = None
         self.joins = RateWindow(context.limits.max_joins_per_second)
         #: Join refusals waiting for their delay: (due, frame), oldest first.
         self._deferred: list[tuple[float, Frame]] = []
         #: Since when the socket holds no channel (None while it holds one).
         self._empty_since: float | None = self.now
-        self._token_expires_at = self._expiry(claims)
+        self._token_expires_at = expiry(claims)
 
     # -- inputs ---------------------------------------------------------------------------------
     def receive(self, msg: Message, size: int, now: float | None = None) -> None:
@@ -168,7 +114,7 @@ class Session:
         for channel in list(self.channels.values()):
             if channel.held is not None:  # a join that was replaying: it never completed
                 channel.held = None
-                self._leave(channel)
+                self.leave(channel)
 
     def tick(self, now: float | None = None) -> None:
         """Send the join refusals that are due, expire channels whose token has expired, and close
@@ -180,14 +126,16 @@ class Session:
             if channel.expires_at is not None and channel.expires_at <= self.now:
                 self._expire(channel)
             elif channel.ready_deadline is not None:
-                self._announce_ready(channel)
+                self.announce_ready(channel)
         if self.pending is None and not self.closing:
             due = [
                 ch for ch in self.channels.values() if ch.recheck_at is not None and ch.recheck_at <= self.now
             ]
             if due:
                 # One channel at a time: a rule started here is driven like a frame's.
-                self._advance(self._recheck(min(due, key=lambda ch: ch.recheck_at or 0.0)), None)
+                self._advance(
+                    session_tokens.recheck(self, min(due, key=lambda ch: ch.recheck_at or 0.0)), None
+                )
         if not self.channels and not self.closing and self.pending is None:
             timeout = self.context.limits.no_channel_timeout_s
             if timeout and self._empty_since is not None and self.now >= self._empty_since + timeout:
@@ -225,7 +173,7 @@ class Session:
 
     def leave_all(self) -> None:
         for channel in list(self.channels.values()):
-            self._leave(channel)
+            self.leave(channel)
 
     # -- output (also the Peer of this socket's channels) ---------------------------------------
     def send(self, frame: Frame) -> None:
@@ -238,10 +186,10 @@ class Session:
     def slow_consumer(self) -> bool:
         return self.outbox.overflowed
 
-    def _reply(self, msg: Message, status: str, response: Any) -> None:
+    def reply(self, msg: Message, status: str, response: Any) -> None:
         self.send(phoenix.encode_reply(self.vsn, msg.join_ref, msg.ref, msg.topic, status, response))
 
-    def _unmatched(self, msg: Message) -> None:
+    def unmatched(self, msg: Message) -> None:
         # Phoenix's own reply for a topic no channel serves: it carries no join_ref.
         self.send(
             phoenix.encode_reply(
@@ -249,17 +197,17 @@ class Session:
             )
         )
 
-    def _system(self, channel: Channel, extension: str, status: str, message: str) -> None:
-        self._push(
+    def system(self, channel: Channel, extension: str, status: str, message: str) -> None:
+        self.push(
             channel,
             "system",
             {"extension": extension, "status": status, "message": message, "channel": channel.subtopic},
         )
 
-    def _push(self, channel: Channel, event: str, payload: Any) -> None:
+    def push(self, channel: Channel, event: str, payload: Any) -> None:
         self.send(phoenix.encode_push(self.vsn, channel.join_ref, channel.topic, event, payload))
 
-    def _close_channel(self, channel: Channel) -> None:
+    def close_channel(self, channel: Channel) -> None:
         """phx_close for a channel the server ends (reference: ref = join_ref)."""
         self.send(
             phoenix.encode_push(
@@ -271,7 +219,7 @@ class Session:
     def _clock(self, now: float | None) -> None:
         self.now = time.time() if now is None else now
 
-    def _advance(self, rule: _Rule, value: Answer | None) -> None:
+    def _advance(self, rule: Rule, value: Answer | None) -> None:
         try:
             request = rule.send(value) if value is not None else next(rule)
         except StopIteration:
@@ -280,211 +228,103 @@ class Session:
         self.pending = request
 
     # -- channel bookkeeping --------------------------------------------------------------------
-    def _leave(self, channel: Channel) -> None:
+    def leave(self, channel: Channel) -> None:
+        # Leaving, closing and dying all end the channel's presence (a no-op if it tracks none).
+        self.context.presence.untrack(channel)
+        channel.presence_payload = None
         if self.channels.get(channel.topic) is channel:
             del self.channels[channel.topic]
             if not self.channels:
                 self._empty_since = self.now
         self.context.registry.remove(channel)
 
-    def _shutdown_channel(self, channel: Channel, message: str) -> None:
+    def shutdown_channel(self, channel: Channel, message: str) -> None:
         """The reference server's channel shutdown: a system error, then phx_close."""
-        self._push(
+        self.push(
             channel,
             "system",
             {"extension": "system", "status": "error", "message": message, "channel": channel.subtopic},
         )
-        self._close_channel(channel)
-        self._leave(channel)
+        self.close_channel(channel)
+        self.leave(channel)
 
     def _expire(self, channel: Channel) -> None:
         seconds = max(0, int(self.now - float(channel.claims["exp"])))
         self.context.refused("token_expired")
-        self._shutdown_channel(channel, reasons.token_expired(seconds))
-
-    @staticmethod
-    def _expiry(claims: dict[str, Any]) -> float | None:
-        exp = claims.get("exp")
-        return float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
+        self.shutdown_channel(channel, reasons.token_expired(seconds))
 
     # -- the rules ------------------------------------------------------------------------------
-    def _handle(self, msg: Message, size: int) -> _Rule:
+    def _handle(self, msg: Message, size: int) -> Rule:
         if msg.topic == "phoenix":
             if msg.event == "heartbeat":
-                self._reply(msg, "ok", {})
+                self.reply(msg, "ok", {})
             else:
-                self._unmatched(msg)
+                self.unmatched(msg)
             return
         if msg.event == "phx_join":
-            yield from self._join(msg)
+            yield from session_join.join(self, msg)
             return
         channel = self.channels.get(msg.topic)
         if msg.event == "phx_leave":
-            self._reply(msg, "ok", {})
+            self.reply(msg, "ok", {})
             if channel is not None:
-                self._close_channel(channel)
-                self._leave(channel)
+                self.close_channel(channel)
+                self.leave(channel)
             return
         if channel is None:
-            self._unmatched(msg)
+            self.unmatched(msg)
             return
         if msg.event == "broadcast":
             yield from self._client_broadcast(channel, msg, size)
         elif msg.event == "access_token":
-            yield from self._refresh_token(channel, msg.payload)
+            yield from session_tokens.refresh_token(self, channel, msg.payload)
         elif msg.event == "presence":
-            self._reply(msg, "error", {"reason": reasons.PRESENCE_UNSUPPORTED})
+            yield from session_presence.presence(self, channel, msg)
         # Other events are ignored, as the reference server does.
 
-    def _join(self, msg: Message) -> _Rule:
-        context = self.context
-        subtopic = phoenix.subtopic(msg.topic)
-        if subtopic is None:
-            self._unmatched(msg)
-            return
-        if not subtopic:
-            self._reply(msg, "error", {"reason": reasons.TOPIC_NAME_REQUIRED})
-            return
-        if len(subtopic.encode()) > MAX_TOPIC_BYTES:
-            context.refused("topic_length")
-            self._reply(msg, "error", {"reason": reasons.TOPIC_NAME_TOO_LONG})
-            return
-        request = JoinRequest.parse(msg.payload)
-        previous = self.channels.get(msg.topic)
-        if previous is not None:
-            # A second join of a joined topic replaces the first, which is closed first.
-            self._close_channel(previous)
-            self._leave(previous)
+    def defer(self, frame: Frame, delay: float) -> None:
+        """Send ``frame`` (a join refusal) once ``delay`` seconds have passed."""
+        self._deferred.append((self.now + delay, frame))
 
-        def refuse(reason: str, metric: str, detail: str = "") -> None:
-            context.refused(metric)
-            context.log_refusal(metric, msg.topic, detail or reason)
-            context.on_refused_join(subtopic, request.private, metric, detail or reason)
-            frame = phoenix.encode_reply(
-                self.vsn, msg.join_ref, msg.ref, msg.topic, "error", {"reason": reason}
-            )
-            delay = context.limits.refused_join_delay_s
-            if delay and not self.closing:
-                # As the reference server: a refused client retries no faster than this, while
-                # its other frames go on being handled.
-                self._deferred.append((self.now + delay, frame))
-            else:
-                self.send(frame)
+    def abandon_join(self, channel: Channel) -> None:
+        """A join that fails after its channel was registered to hold live frames."""
+        self.leave(channel)
+        channel.held = None
 
-        if not self.joins.allow() or not context.joins.allow():
-            context.refused("joins_per_second")
-            context.log_refusal("joins_per_second", msg.topic, reasons.TOO_MANY_JOINS)
-            self._reply(msg, "error", {"reason": reasons.TOO_MANY_JOINS})
-            # The reference server also drops the socket of a client that joins too fast.
-            self.begin_close(POLICY_VIOLATION)
+    def release(self, channel: Channel, snapshot: PresenceSnapshot | None) -> None:
+        """Send what the channel held while it waited: broadcasts not replayed already, and the
+        presence diffs that ``snapshot`` does not hold."""
+        if channel.held is None:
             return
-        limit = context.limits.max_channels
-        if limit and len(self.channels) >= limit:
-            refuse(reasons.TOO_MANY_CHANNELS, "channels_per_client")
-            return
-        token = request.token_or(self.token)
-        try:
-            # Every join checks its token now, the socket's own included: `exp` is the only way a
-            # JWT is revoked, so a socket kept alive must not outlive the token it connected with.
-            claims = context.verifier.verify(token, self.now)
-        except AuthError as exc:
-            refuse(exc.reason, "invalid_token")
-            return
-        channel = Channel(
-            peer=self,
-            topic=msg.topic,
-            subtopic=subtopic,
-            join_ref=msg.join_ref if msg.join_ref is not None else msg.ref,
-            private=request.private,
-            broadcast_self=request.broadcast_self,
-            broadcast_ack=request.broadcast_ack,
-            presence_enabled=request.presence_enabled,
-            token=token,
-            claims=claims,
-            expires_at=self._expiry(claims),
-            recheck_at=self.now + RECHECK_INTERVAL_S,
-        )
-        if request.private:
-            allowed = yield ReadCheck(subtopic, claims)
-            if isinstance(allowed, PolicyFailed):
-                # The policy's own error is for the operator's log, never for the client.
-                refuse(
-                    reasons.unauthorized_read(subtopic),
-                    "rls_error",
-                    reasons.rls_error(subtopic, allowed.detail),
-                )
-                return
-            if isinstance(allowed, Unavailable):
-                refuse(reasons.DATABASE_UNAVAILABLE, "database_unavailable")
-                return
-            channel.can_read = allowed is True
-            if not channel.can_read:
-                refuse(reasons.unauthorized_read(subtopic), "unauthorized")
-                return
-        replayed: list[Row] = []
-        if request.replay is not None:
-            if not request.private:
-                refuse(reasons.REPLAY_PUBLIC, "replay")
-                return
-            window = request.replay_window()
-            if window is None:
-                refuse(reasons.REPLAY_INVALID, "replay")
-                return
-            # The channel takes live messages from before the replay query on, held back until
-            # the join reply and the replayed rows are out: a message committed meanwhile is
-            # neither lost nor, being in the replay too, sent twice.
-            channel.held = []
-            self._register(channel)
-            rows = yield ReplayQuery(subtopic, *window)
-            if not isinstance(rows, list):
-                self._leave(channel)
-                channel.held = None
-                refuse(reasons.REPLAY_FAILED, "replay")
-                return
-            replayed = rows
-        if self.closing:
-            return
-        self._register(channel)
-        bindings = [{**binding, "id": binding_id(binding)} for binding in request.postgres_changes]
-        self._reply(msg, "ok", {"postgres_changes": bindings})
-        if request.presence_enabled:
-            self._push(channel, "presence_state", {})
-        if bindings:
-            self._system(channel, "postgres_changes", "ok", reasons.POSTGRES_CHANGES_NOT_SERVED)
-        if replayed:
-            channel.replayed = {row.id for row in replayed}
-        for row in replayed:
-            frame = row_frame(self.vsn, row, replayed=True)
-            if frame is not None:
-                self.send(frame)
-        if channel.held is not None:
-            held, channel.held = channel.held, None
-            skip = channel.replayed or set()
-            for frame, message_id in held:
-                if message_id is None or message_id not in skip:
-                    self.send(frame)
-        if request.replication_ready:
-            channel.ready_deadline = self.now + REPLICATION_READY_TIMEOUT_S
-            self._announce_ready(channel)
+        held, channel.held = channel.held, None
+        skip = channel.replayed or set()
+        seen = snapshot.seen if snapshot is not None else None
+        for frame, tag in held:
+            if isinstance(tag, int):
+                if seen is not None and tag <= seen:
+                    continue
+            elif tag is not None and tag in skip:
+                continue
+            self.send(frame)
 
-    def _register(self, channel: Channel) -> None:
+    def register(self, channel: Channel) -> None:
         if self.channels.get(channel.topic) is not channel:
             self.channels[channel.topic] = channel
             self._empty_since = None
             self.context.registry.add(channel)
 
-    def _announce_ready(self, channel: Channel) -> None:
+    def announce_ready(self, channel: Channel) -> None:
         """``replication_ready``: a system ok once the reader is live, or a shutdown after a minute."""
         if channel.ready_deadline is None:
             return
         if self.context.stream_live():
             channel.ready_deadline = None
-            self._system(channel, "system", "ok", reasons.REPLICATION_READY)
+            self.system(channel, "system", "ok", reasons.REPLICATION_READY)
         elif self.now >= channel.ready_deadline:
             channel.ready_deadline = None
-            self._shutdown_channel(channel, reasons.REPLICATION_NOT_READY)
+            self.shutdown_channel(channel, reasons.REPLICATION_NOT_READY)
 
-    def _client_broadcast(self, channel: Channel, msg: Message, size: int) -> _Rule:
+    def _client_broadcast(self, channel: Channel, msg: Message, size: int) -> Rule:
         context = self.context
         payload = msg.payload
         if isinstance(payload, UserBroadcast):
@@ -496,11 +336,11 @@ class Session:
         if payload_size > context.limits.max_payload_bytes:
             context.refused("payload_size")
             if channel.broadcast_ack:
-                self._reply(msg, "error", reasons.PAYLOAD_SIZE_EXCEEDED)
+                self.reply(msg, "error", reasons.PAYLOAD_SIZE_EXCEEDED)
             return
         if not self.events.allow() or not context.events.allow():
             context.refused("events_per_second")
-            self._shutdown_channel(channel, reasons.TOO_MANY_MESSAGES)
+            self.shutdown_channel(channel, reasons.TOO_MANY_MESSAGES)
             return
         if channel.private:
             if channel.can_write is None:
@@ -527,68 +367,18 @@ class Session:
             payload = {key: value for key, value in payload.items() if key != "meta"}
         context.relay.relay(channel.subtopic, channel.private, payload, exclude)
         if channel.broadcast_ack:
-            self._reply(msg, "ok", {})
+            self.reply(msg, "ok", {})
 
-    def _refresh_token(self, channel: Channel, payload: Any) -> _Rule:
-        token = payload.get("access_token") if isinstance(payload, dict) else None
-        # Ignored, never answered: null, unchanged, and the non-JWT `sb_` keys.
-        if token is None or not isinstance(token, str) or token == channel.token or token.startswith("sb_"):
-            return
-        try:
-            claims = self.context.verifier.verify(token, self.now) if token else None
-        except AuthError as exc:
-            self._shutdown_channel(channel, exc.message)
-            return
-        if claims is None:
-            self._shutdown_channel(channel, reasons.INVALID_JWT)
-            return
-        if channel.private:
-            answer = yield ReadCheck(channel.subtopic, claims)
-            if isinstance(answer, Unavailable):
-                # The policies cannot be evaluated now. Fail closed on the new claims: the channel
-                # keeps its old token, permission and expiry until a refresh can be checked.
-                log.warning(
-                    "UnableToConnectToProject: read re-check on %s postponed: %s",
-                    channel.subtopic,
-                    answer.detail,
-                )
-                return
-            elif isinstance(answer, PolicyFailed):
-                log.warning(
-                    "RlsPolicyError: read check on %s failed: %s", printable(channel.subtopic), answer.detail
-                )
-                allowed = False
-            else:
-                allowed = answer is True
-            if self.channels.get(channel.topic) is not channel:
-                return
-            if not allowed:
-                channel.can_read = False
-                self._shutdown_channel(channel, reasons.no_read_permission(channel.subtopic))
-                return
-            channel.can_read = True
-            channel.can_write = None  # re-checked on the next send, with the new claims
-        channel.token = token
-        channel.claims = claims
-        channel.expires_at = self._expiry(claims)
-        channel.recheck_at = self.now + RECHECK_INTERVAL_S
 
-    def _recheck(self, channel: Channel) -> _Rule:
-        """The periodic check of a joined channel: its token still verifies (a changed secret or
-        JWKS), and a private channel's user may still read."""
-        channel.recheck_at = self.now + RECHECK_INTERVAL_S
-        try:
-            claims = self.context.verifier.verify(channel.token, self.now)
-        except AuthError as exc:
-            self._shutdown_channel(channel, exc.message)
-            return
-        if not channel.private:
-            return
-        answer = yield ReadCheck(channel.subtopic, claims)
-        if self.channels.get(channel.topic) is not channel:
-            return
-        if isinstance(answer, Unavailable):
-            return  # checked again at the next period
-        if answer is not True:
-            channel.can_read = False
-            self._shutdown_channel(channel, reasons.no_read_permission(channel.subtopic))
+__all__ = [
+    "NORMAL_CLOSE",
+    "POLICY_VIOLATION",
+    "RECHECK_INTERVAL_S",
+    "SLOW_CONSUMER_CLOSE",
+    "PresenceSink",
+    "Relay",
+    "Session",
+    "SessionContext",
+    "TokenVerifier",
+    "expiry",
+]

@@ -1,5 +1,8 @@
 """The commit-safe reader: every committed row of realtime.messages, once, no replication.
 
+The same statement reads realtime.presence_events (presence changes, see ``tracker.py``) with
+the same rule and snapshot, so messages and presence changes arrive in one commit order.
+
 Each read is one statement that returns the statement's own snapshot S' together with
 the rows whose writing transaction finished between the previous snapshot S and S':
 
@@ -57,6 +60,7 @@ from typing import Any
 import psycopg
 
 from .logs import first_line
+from .presence import PresenceEvent
 from .rows import Row
 
 log = logging.getLogger(__name__)
@@ -94,52 +98,70 @@ select (select system_identifier from pg_control_system())::text,
 """
 
 _COLUMNS = """cur.snap::text, m.id::text, m.topic, m.event, m.private, m.payload::text, m.binary_payload,
-       extract(epoch from m.inserted_at)::float8"""
+       extract(epoch from m.inserted_at)::float8, m.presence, m.xid::text"""
 _ROW = """msg.id, msg.topic, msg.event, msg.private, msg.payload, msg.binary_payload,
-           msg.inserted_at, msg.xid, msg.seq"""
+           msg.inserted_at, msg.xid, msg.seq, false as presence"""
+# A presence event in a message's columns: its diff as the payload, ``presence`` true.
+_PRESENCE_ROW = """pe.id, pe.topic, null::text, pe.private,
+           pg_catalog.jsonb_build_object('joins', pe.joins, 'leaves', pe.leaves), null::bytea,
+           pe.inserted_at, pe.xid, pe.seq, true"""
+
+
+def _statement(parts: list[str]) -> str:
+    """One read: the statement's snapshot, and the rows of every part in (xid, seq) order."""
+    union = "\n    union all\n".join(f"({part})" for part in parts)
+    return f"""
+with cur as materialized (select pg_current_snapshot() as snap)
+select {_COLUMNS}
+from cur
+left join lateral (
+    {union}
+) as m on true
+order by m.xid, m.seq
+"""
+
 
 # Two halves (xid >= xmax(S); xid in xip(S)), disjoint since every xid in xip(S) is below xmax(S):
 # each is an index range or lookup by itself, which a generic plan keeps (an OR of the two may not).
-_READ = f"""
-with cur as materialized (select pg_current_snapshot() as snap)
-select {_COLUMNS}
-from cur
-left join lateral (
-    (select {_ROW}
-     from realtime.messages as msg
-     where msg.xid >= pg_snapshot_xmax(%(prev)s::pg_snapshot)
-       and pg_visible_in_snapshot(msg.xid, cur.snap))
-    union all
-    (select {_ROW}
-     from realtime.messages as msg
-     where msg.xid = any(array(select pg_snapshot_xip(%(prev)s::pg_snapshot)))
-       and pg_visible_in_snapshot(msg.xid, cur.snap))
-) as m on true
-order by m.xid, m.seq
-"""
-
+_AFTER_XMAX = """select {row}
+     from realtime.{table} as {alias}
+     where {alias}.xid >= pg_snapshot_xmax(%(prev)s::pg_snapshot)
+       and pg_visible_in_snapshot({alias}.xid, cur.snap)"""
+_IN_XIP = """select {row}
+     from realtime.{table} as {alias}
+     where {alias}.xid = any(array(select pg_snapshot_xip(%(prev)s::pg_snapshot)))
+       and pg_visible_in_snapshot({alias}.xid, cur.snap)"""
 # After the server changed: the xid rule against the old snapshot where xids still mean the same
 # transactions (same system), and every row inserted since ``since`` (a scan of the partitions
 # from then on, once per failover); the caller drops repeats and the ids it has delivered already.
-_CATCH_UP = f"""
-with cur as materialized (select pg_current_snapshot() as snap)
-select {_COLUMNS}
-from cur
-left join lateral (
-    (select {_ROW}
-     from realtime.messages as msg
+_SAME_SYSTEM = """select {row}
+     from realtime.{table} as {alias}
      where %(same_system)s
-       and (msg.xid >= pg_snapshot_xmax(%(prev)s::pg_snapshot)
-            or msg.xid = any(array(select pg_snapshot_xip(%(prev)s::pg_snapshot))))
-       and pg_visible_in_snapshot(msg.xid, cur.snap))
-    union all
-    (select {_ROW}
-     from realtime.messages as msg
-     where msg.inserted_at >= to_timestamp(%(since)s) at time zone 'utc'
-       and pg_visible_in_snapshot(msg.xid, cur.snap))
-) as m on true
-order by m.xid, m.seq
-"""
+       and ({alias}.xid >= pg_snapshot_xmax(%(prev)s::pg_snapshot)
+            or {alias}.xid = any(array(select pg_snapshot_xip(%(prev)s::pg_snapshot))))
+       and pg_visible_in_snapshot({alias}.xid, cur.snap)"""
+_SINCE = """select {row}
+     from realtime.{table} as {alias}
+     where {alias}.inserted_at >= to_timestamp(%(since)s) at time zone 'utc'
+       and pg_visible_in_snapshot({alias}.xid, cur.snap)"""
+
+_MESSAGES = {"row": _ROW, "table": "messages", "alias": "msg"}
+_PRESENCE = {"row": _PRESENCE_ROW, "table": "presence_events", "alias": "pe"}
+
+
+def _read(presence: bool) -> str:
+    sources = [_MESSAGES, _PRESENCE] if presence else [_MESSAGES]
+    return _statement([half.format(**source) for source in sources for half in (_AFTER_XMAX, _IN_XIP)])
+
+
+def _catch_up(presence: bool) -> str:
+    sources = [_MESSAGES, _PRESENCE] if presence else [_MESSAGES]
+    return _statement([half.format(**source) for source in sources for half in (_SAME_SYSTEM, _SINCE)])
+
+
+# The reader's role may read the presence events (the owner's, or one given realtime.grant_sidecar()):
+# without, it reads the messages alone, and presence is off.
+_READS_PRESENCE = "select has_table_privilege('realtime.presence_events', 'select')"
 
 #: How far before the last read of the old server the catch-up read looks (clock skew between
 #: the sidecar and the database, a brief overlap of old and new primary); delivered ids are
@@ -203,6 +225,7 @@ class StreamState(StrEnum):
 
 
 RowsHandler = Callable[[list[Row]], None]
+PresenceHandler = Callable[[list[PresenceEvent]], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +267,7 @@ class MessageStream:
         self,
         dsn: str,
         on_rows: RowsHandler,
+        on_presence: PresenceHandler | None = None,
         poll_interval: float = 0.005,
         on_state: Callable[[StreamState, str], None] | None = None,
         max_backoff: float = 5.0,
@@ -253,6 +277,7 @@ class MessageStream:
     ) -> None:
         self.dsn = dsn
         self.on_rows = on_rows
+        self.on_presence: PresenceHandler = on_presence or _ignore_presence
         self.poll_interval = poll_interval
         self.idle_wait = idle_wait
         self.idle_after = idle_after
@@ -271,6 +296,9 @@ class MessageStream:
         self.failovers: dict[str, int] = {}
         self.catch_ups = 0
         self.refusals = 0
+        #: Whether the reads include realtime.presence_events (the role may read them).
+        self.reads_presence = False
+        self._warned_presence = False
         self._last_read_at = 0.0  # wall clock of the last successful read
         self._delivered: deque[tuple[float, Sequence[str]]] = deque()
         self._stopping = asyncio.Event()
@@ -340,6 +368,15 @@ class MessageStream:
         # each partition; the read is always an index lookup, so sequential scans are off here.
         await conn.execute("set plan_cache_mode = force_generic_plan")
         await conn.execute("set enable_seqscan = off")
+        cur = await conn.execute(_READS_PRESENCE)
+        allowed = await cur.fetchone()
+        self.reads_presence = bool(allowed and allowed[0])
+        if not self.reads_presence and not self._warned_presence:
+            self._warned_presence = True
+            log.warning(
+                "PresenceUnavailable: this role may not read realtime.presence_events, so presence "
+                "is off; run realtime.grant_sidecar() for it"
+            )
         identity = await self._identity(conn)
         previous, self.identity = self.identity, identity
         if self.snapshot is None:
@@ -386,27 +423,40 @@ class MessageStream:
         assert self.snapshot is not None
         since = self._last_read_at - self.catch_up_window
         cur = await conn.execute(
-            _CATCH_UP, {"prev": self.snapshot, "same_system": same_system, "since": since}
+            _catch_up(self.reads_presence),
+            {"prev": self.snapshot, "same_system": same_system, "since": since},
         )
         records = await cur.fetchall()
         delivered = {row_id for _, ids in self._delivered for row_id in ids}
+        found, found_events = _rows(records)
         rows = []
-        for row in _rows(records):
+        for row in found:
             if row.id not in delivered:  # both halves of the read may return a row
                 delivered.add(row.id)
                 rows.append(row)
+        events = []
+        for event in found_events:
+            if event.id not in delivered:
+                delivered.add(event.id)
+                events.append(event)
         self.catch_ups += 1
-        if rows:
-            self.on_rows(rows)
-            self._remember(rows)
+        self._deliver(rows, events)
         self.snapshot = records[0][0]
         self._last_read_at = time.time()
 
-    def _remember(self, rows: list[Row]) -> None:
+    def _deliver(self, rows: list[Row], events: list[PresenceEvent]) -> None:
+        if rows:
+            self.on_rows(rows)
+        if events:
+            self.on_presence(events)
+        if rows or events:
+            self._remember([row.id for row in rows] + [event.id for event in events])
+
+    def _remember(self, ids: list[str]) -> None:
         """Keep the ids delivered lately, for the catch-up read to leave out."""
         now = time.time()
         delivered = self._delivered
-        delivered.append((now, [row.id for row in rows]))
+        delivered.append((now, ids))
         horizon = now - 2 * self.catch_up_window
         while delivered and delivered[0][0] < horizon:
             delivered.popleft()
@@ -419,6 +469,7 @@ class MessageStream:
         changed = True  # read at once after (re)connecting
         quiet_since = clock()
         waits = await self._create_wait(conn)
+        read = _read(self.reads_presence)
         while not self._stopping.is_set():
             # Reads start every poll_interval: the time a read and its fan-out take comes out
             # of the pause, not on top of it (on top, it would stretch the wait for a new row
@@ -443,16 +494,15 @@ class MessageStream:
                         await self._sleep(self.poll_interval - (clock() - started))
                     continue
                 quiet_since = started
-            await cursor.execute(_READ, {"prev": self.snapshot})
+            await cursor.execute(read, {"prev": self.snapshot})
             records = await cursor.fetchall()
             self.reads += 1
             self._set_state(StreamState.LIVE, "ok")
             new_snapshot = records[0][0]
-            rows = _rows(records)
+            rows, events = _rows(records)
             # Deliver before advancing: if delivery raised, the same rows would come back.
-            if rows:
-                self.on_rows(rows)
-                self._remember(rows)
+            if rows or events:
+                self._deliver(rows, events)
             went_backwards = snapshot_xmax(new_snapshot) < snapshot_xmax(self.snapshot)
             changed = new_snapshot != self.snapshot
             if changed:
@@ -499,13 +549,24 @@ class MessageStream:
             self._sleeper = None
 
 
+def _ignore_presence(events: list[PresenceEvent]) -> None:
+    return None
+
+
 def _wake(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
 
 
-def _rows(records: list[tuple[Any, ...]]) -> list[Row]:
-    return [_row(r, 1) for r in records if r[1] is not None]
+def _rows(records: list[tuple[Any, ...]]) -> tuple[list[Row], list[PresenceEvent]]:
+    """The messages and the presence events of a read's records."""
+    rows = [_row(r, 1) for r in records if r[1] is not None and not r[8]]
+    if len(rows) == len(records) or (len(records) == 1 and records[0][1] is None):
+        return rows, []
+    events = [
+        PresenceEvent(r[1], r[2], r[4], r[5], int(r[9]), r[7]) for r in records if r[1] is not None and r[8]
+    ]
+    return rows, events
 
 
 def _describe(identity: ServerIdentity, change: str) -> str:

@@ -21,7 +21,9 @@ from .fake_pooler import FakePooler
 
 
 async def healthz(server: LiveServer) -> tuple[int, dict[str, str]]:
-    async with aiohttp.ClientSession() as http, http.get(f"{server.url}/healthz") as response:
+    """/healthz as the operator's service_role key sees it (with the reason)."""
+    key = {"Authorization": f"Bearer {server.token('service_role')}"}
+    async with aiohttp.ClientSession() as http, http.get(f"{server.url}/healthz", headers=key) as response:
         return response.status, await response.json()
 
 
@@ -121,6 +123,7 @@ async def test_healthz_reports_the_bus_down_while_it_cannot_listen(make_server, 
     finally:
         stop.set()
         await killer
+    assert seen[0]["state"] == "bus_down"
     assert "cluster bus" in seen[0]["reason"]
     await wait_for(
         lambda: server.server.bus is not None and server.server.bus.down_reason is None, what="bus up"

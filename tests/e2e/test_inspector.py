@@ -9,9 +9,11 @@ from typing import Any
 
 import aiohttp
 import jwt
+import orjson
 import psycopg
 import pytest
 from pg_realtime.inspector import INSPECTOR_KEY, PAGE_TOKEN_LIFETIME_S, Inspector
+from psycopg.conninfo import conninfo_to_dict
 
 from tests.clients.drivers import py_subscribe
 from tests.harness import TEST_JWT_SECRET
@@ -69,6 +71,13 @@ async def test_external_database_page_has_no_key(external_server):
     assert config["token"] is None
     assert 'id="key"' in body.decode()
     assert "eyJ" not in body.decode()
+    # The page answers anyone: it does not say where the database is.
+    port = str(conninfo_to_dict(external_server.server.settings.database_url)["port"])
+    assert "database: configured" in body.decode()
+    assert f":{port}/" not in body.decode()
+    _, _, stats = await get(external_server.url + "/api/inspector/stats")
+    assert orjson.loads(stats)["detailed"] is False
+    assert orjson.loads(stats)["stream"] == {"live": True, "reason": None}
 
 
 async def test_static_files(live_server):

@@ -35,9 +35,14 @@ async def test_a_hot_standby_is_refused_with_the_reason_and_delivers_nothing(rep
     stream = server.server.stream
     assert stream is not None
     await wait_for(lambda: stream.reason == STANDBY_REASON, what="standby refusal")
-    async with aiohttp.ClientSession() as http, http.get(f"{server.url}/healthz") as response:
+    key = {"Authorization": f"Bearer {server.token('service_role')}"}
+    async with aiohttp.ClientSession() as http, http.get(f"{server.url}/healthz", headers=key) as response:
         assert response.status == 503
-        assert await response.json() == {"status": "unavailable", "reason": STANDBY_REASON}
+        assert await response.json() == {
+            "status": "unavailable",
+            "state": "stream_down",
+            "reason": STANDBY_REASON,
+        }
     assert any(r.getMessage().startswith("ReadFromStandbyRefused: ") for r in caplog.records)
     samples = await scrape(server)
     assert sample(samples, "realtime_stream_up") == 0

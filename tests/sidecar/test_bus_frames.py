@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import orjson
 from pg_realtime.broadcast import Broadcast
-from pg_realtime.bus import MAX_NOTIFY_BYTES, Packer, decode_message, encode_message, parse_notification
+from pg_realtime.bus_frames import (
+    MAX_NOTIFY_BYTES,
+    Packer,
+    decode_message,
+    encode_message,
+    parse_notification,
+)
 from pg_realtime.phoenix import PayloadEncoding, UserBroadcast
 
 

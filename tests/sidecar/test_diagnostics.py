@@ -8,20 +8,17 @@ import pytest
 from pg_realtime.channels import Channel, Registry
 from pg_realtime.diagnostics import (
     CAUSES,
-    EVENT_WINDOW_S,
     MAX_MESSAGES_PER_TOPIC,
     MAX_TOPICS,
     MAX_TRACED_TOPICS,
     TRACE_WINDOW_S,
     Diagnostics,
-    NearMissIndex,
-    difference,
-    explain,
-    normalise,
 )
 from pg_realtime.logs import RateLimitedLog
+from pg_realtime.near_miss_index import NearMissIndex, difference, normalise
 from pg_realtime.phoenix import Vsn
 from pg_realtime.rows import Row
+from pg_realtime.undelivered import EVENT_WINDOW_S, explain
 
 
 class Peer:

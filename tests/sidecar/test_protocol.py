@@ -274,23 +274,6 @@ async def test_a_channel_with_postgres_changes_bindings_joins_and_keeps_its_broa
         assert (await ws.recv())[3] == "broadcast"
 
 
-async def test_presence_is_accepted_at_join_and_track_says_unsupported(server):
-    async with await RawSocket.connect(server.url, server.token(), vsn="1.0.0") as ws:
-        await ws.join("room", {"presence": {"enabled": True, "key": "k"}})
-        assert await ws.recv() == {
-            "topic": "realtime:room",
-            "event": "presence_state",
-            "payload": {},
-            "ref": None,
-        }
-        await ws.send(
-            "realtime:room", "presence", {"event": "track", "payload": {"a": 1}}, ref="4", join_ref="1"
-        )
-        reply = reply_of(await ws.recv())
-        assert reply["status"] == "error"
-        assert "not supported" in reply["response"]["reason"]
-
-
 async def test_idle_socket_is_closed(make_server):
     server = await make_server(None, idle_timeout_s=0.3)
     async with await RawSocket.connect(server.url, server.token()) as ws:

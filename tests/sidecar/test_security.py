@@ -8,6 +8,7 @@ import logging
 import time
 
 import aiohttp
+import orjson
 import pytest
 from pg_realtime.config import Settings
 
@@ -218,3 +219,47 @@ async def test_a_refused_handshake_is_answered_after_a_backoff(make_server):
             await http.ws_connect(server.ws_url(token="not-a-jwt"))
         assert refused.value.status == 401
         assert time.monotonic() - started >= 0.5
+
+
+async def test_healthz_tells_why_only_to_a_service_role_key(make_server, fresh_cluster):
+    # The reason of a stream that cannot connect quotes the server's address; /healthz answers
+    # anyone who can reach the port, so without the key it says the status and the state only.
+    cluster = fresh_cluster()
+    dsn = cluster.dsn()
+    run_sql(dsn, "create extension realtime")
+    server = await make_server(dsn)
+    await asyncio.to_thread(cluster.stop, "fast")
+    key = {"Authorization": f"Bearer {server.token('service_role')}"}
+    unreachable = f"port {cluster.port} failed"
+    async with aiohttp.ClientSession() as http:
+        deadline = time.monotonic() + 20
+        while True:
+            async with http.get(f"{server.url}/healthz", headers=key) as response:
+                detailed = await response.json()
+            if unreachable in detailed.get("reason", ""):
+                break
+            assert time.monotonic() < deadline, f"healthz never said the database is unreachable: {detailed}"
+            await asyncio.sleep(0.05)
+        assert response.status == 503
+        assert detailed["status"] == "unavailable" and detailed["state"] == "stream_down"
+        assert detailed["reason"].startswith("database unreachable: ")
+        for headers in (
+            {},
+            {"Authorization": f"Bearer {server.token('anon')}"},
+            {"apikey": server.token("authenticated")},
+            {"Authorization": "Bearer not-a-token"},
+        ):
+            async with http.get(f"{server.url}/healthz", headers=headers) as response:
+                assert response.status == 503
+                text = await response.text()
+            assert orjson.loads(text) == {"status": "unavailable", "state": "stream_down"}, headers
+            assert str(cluster.port) not in text and cluster.host not in text
+        async with http.get(
+            f"{server.url}/healthz", headers={"apikey": server.token("service_role")}
+        ) as response:
+            assert unreachable in (await response.json())["reason"]
+        await asyncio.to_thread(cluster.start)
+        await server.wait_live(timeout=20)
+        async with http.get(f"{server.url}/healthz") as response:
+            assert response.status == 200
+            assert await response.json() == {"status": "ok", "state": "live"}

@@ -56,6 +56,9 @@ EXPECTED_FUNCTIONS = {
     ),
     "sidecar_leave": "p_id uuid",
     "grant_sidecar": "role_name name",
+    "presence_record": "p_sidecar uuid, p_left jsonb, p_joined jsonb",
+    "presence_write": "p_sidecar uuid, p_untrack text[], p_track jsonb, p_replace boolean",
+    "presence_reap": "p_sidecars uuid[]",
 }
 
 
@@ -124,8 +127,10 @@ def test_messages_table(db: psycopg.Connection) -> None:
         "select a.attrelid::regclass::text, a.attidentity from pg_attribute a"
         " where a.attname = 'seq' and a.attidentity <> ''"
         " and a.attrelid in (select oid from pg_class where relnamespace = 'realtime'::regnamespace)"
+        " order by 1"
     ).fetchall()
-    assert identities == [("realtime.messages", "d")]
+    # The presence events' own seq is drawn by the sidecar alone: ALWAYS.
+    assert identities == [("realtime.messages", "d"), ("realtime.presence_events", "a")]
 
 
 def test_function_signatures(db: psycopg.Connection) -> None:
@@ -196,8 +201,17 @@ def test_privileges(db: psycopg.Connection) -> None:
         "sidecar_renew": False,
         "sidecar_leave": False,
         "grant_sidecar": False,
+        "presence_record": False,
+        "presence_write": False,
+        "presence_reap": False,
     }
     assert db.execute("select has_schema_privilege('someone', 'realtime', 'usage')").fetchone() == (True,)
+    for table in ("realtime.presences", "realtime.presence_events"):
+        # Only the sidecars see presence: a client's role could otherwise read private topics' members.
+        assert db.execute(
+            "select has_table_privilege('someone', %s, 'select'), has_table_privilege('anon', %s, 'select')",
+            (table, table),
+        ).fetchone() == (False, False)
     assert db.execute("select has_table_privilege('someone', 'realtime.messages', 'select')").fetchone() == (
         False,
     )
@@ -214,8 +228,8 @@ def test_every_object_has_a_comment(db: psycopg.Connection) -> None:
     names = {name for name, _ in members}
     # The schema, 13 functions, the table, its default partition, its sequence, and the daily
     # partitions; the cluster's 5 functions, the bus attachments and their 3 partitions, the sidecar
-    # registry.
-    assert len(members) == 17 + 10 + len(partitions(db))
+    # registry; presence's 3 functions, 2 tables and the events' sequence.
+    assert len(members) == 17 + 10 + 6 + len(partitions(db))
     assert {
         "schema realtime",
         "table realtime.messages",

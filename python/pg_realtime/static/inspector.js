@@ -351,7 +351,7 @@
   }
 
   function renderCluster(c) {
-    $('stat-bus').textContent = c.bus.up ? 'up' : c.bus.reason
+    $('stat-bus').textContent = c.bus.up ? 'up' : c.bus.reason || 'down'
     $('stat-bus').dataset.live = String(c.bus.up)
     const rows = $('sidecars').tBodies[0]
     rows.replaceChildren()
@@ -379,7 +379,7 @@
     $('stat-mps').textContent = fmt(s.messages_per_second)
     $('stat-dps').textContent = fmt(s.deliveries_per_second)
     $('stat-total').textContent = fmt(s.messages_in.total)
-    $('stat-stream').textContent = s.stream.live ? 'live' : s.stream.reason
+    $('stat-stream').textContent = s.stream.live ? 'live' : s.stream.reason || 'down'
     $('stat-stream').dataset.live = String(s.stream.live)
     const m = s.messages_in
     $('stat-breakdown').textContent =
@@ -404,7 +404,8 @@
           { 'data-topic': t.topic },
           el('td', {}, t.topic),
           el('td', {}, t.private ? 'private' : 'public'),
-          el('td', {}, fmt(t.subscribers))
+          el('td', {}, fmt(t.subscribers)),
+          el('td', {}, t.presences === null || t.presences === undefined ? '–' : fmt(t.presences))
         )
       )
     }
