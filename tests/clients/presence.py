@@ -1,5 +1,6 @@
 """Presence through the official clients: one interface over realtime-js and realtime-py members
 of a topic, their ``presenceState()`` and callbacks in one shape, and the table they must agree with.
+The table is read off the event loop (see :func:`fetch`).
 
 A state is compared as ``{key: [(presence_ref, payload), ...]}``, sorted by ref: both clients
 rename ``phx_ref`` to ``presence_ref`` and drop ``phx_ref_prev``, so the table's rows
@@ -26,11 +27,14 @@ State = dict[str, Presences]
 __all__ = [
     "JsMember",
     "Member",
+    "Observer",
     "PyMember",
     "Seen",
     "State",
+    "StateOf",
     "assert_once",
     "converge",
+    "fetch",
     "normalize",
     "payloads",
     "table_state",
@@ -65,6 +69,12 @@ def table_state(conn: psycopg.Connection[Any], topic: str, private: bool = False
     return {key: _presences(metas, "phx_ref") for key, metas in state.items()}
 
 
+async def fetch(conn: psycopg.Connection[Any], query: str, params: Sequence[Any] = ()) -> list[Any]:
+    """The rows of ``query``, run off the event loop: a server in this process may hold a lock
+    the statement waits for (realtime.maintain() on realtime.messages), and must go on running."""
+    return await asyncio.to_thread(lambda: conn.execute(query, params).fetchall())
+
+
 def payloads(state: State) -> dict[str, list[bytes]]:
     """The payloads of a state by key, without refs (for what a step should have produced)."""
     return {
@@ -85,10 +95,28 @@ class Seen:
         return self.kind == kind and self.key == key and any(r == ref for r, _ in self.presences)
 
 
-class Member(Protocol):
-    """One client's channel on a presence topic."""
+class Observer(Protocol):
+    """Anything with a presence state to compare: a client's channel."""
+
+    @property
+    def name(self) -> str: ...
+    async def state(self) -> State: ...
+
+
+@dataclass
+class StateOf:
+    """An :class:`Observer` of a channel driven by hand: ``state`` returns its ``presenceState()``."""
 
     name: str
+    presence_state: Callable[[], Awaitable[dict[str, Any]]]
+
+    async def state(self) -> State:
+        return normalize(await self.presence_state())
+
+
+class Member(Observer, Protocol):
+    """One client's channel on a presence topic."""
+
     key: str
 
     async def subscribe(self) -> None: ...
@@ -96,7 +124,6 @@ class Member(Protocol):
     async def untrack(self) -> None: ...
     async def leave(self) -> None: ...
     async def close(self) -> None: ...
-    async def state(self) -> State: ...
     def seen(self) -> list[Seen]: ...
     def syncs(self) -> int: ...
 
@@ -257,7 +284,7 @@ async def poll(
 
 
 async def converge(
-    members: Sequence[Member],
+    members: Sequence[Observer],
     conn: psycopg.Connection[Any],
     topic: str,
     expected: dict[str, list[dict[str, Any]]] | None,
@@ -279,7 +306,7 @@ async def converge(
 
     async def check() -> str | None:
         nonlocal table
-        table = table_state(conn, topic, private)
+        table = await asyncio.to_thread(table_state, conn, topic, private)
         if want is not None and payloads(table) != want:
             return f"table {table}, expected payloads {expected}"
         states = {m.name: await m.state() for m in members}

@@ -17,17 +17,20 @@ import contextlib
 from typing import Any
 
 import pytest
+from realtime import AsyncRealtimeClient
 
-from tests.harness import LiveServer, scalar
+from tests.harness import LiveServer
 
-from .drivers import JsDriver
+from .drivers import JsDriver, py_close, ws_url
 from .presence import (
     JsMember,
     Member,
     PyMember,
     State,
+    StateOf,
     assert_once,
     converge,
+    fetch,
     wait_seen,
     wait_synced,
 )
@@ -91,7 +94,9 @@ async def presence_steps(a: Member, b: Member, db: Any) -> None:
     table = await converge(both, db, TOPIC, {"a": [{"name": "a", "n": 2}], "b": [{"name": "b"}]})
     a2 = only_ref(table, "a")
     assert a2 != a1
-    assert scalar(db, "select meta->>'phx_ref_prev' from realtime.presences where ref = %s", (a2,)) == a1
+    assert await fetch(db, "select meta->>'phx_ref_prev' from realtime.presences where ref = %s", (a2,)) == [
+        (a1,)
+    ]
     await wait_seen(both, "join", "a", a2)
     await wait_seen(both, "leave", "a", a1)
     await one_sync_each(both, mark)
@@ -143,7 +148,7 @@ async def presence_steps(a: Member, b: Member, db: Any) -> None:
     # a's socket closes: nobody is left, in the table either.
     await a.close()
     await converge([], db, TOPIC, {})
-    assert scalar(db, "select count(*) from realtime.messages") == 0
+    assert await fetch(db, "select count(*) from realtime.messages") == [(0,)]
 
 
 @pytest.mark.parametrize("pair", PAIRS, ids=PAIR_IDS)
@@ -184,10 +189,10 @@ create policy stage_broadcast_write on realtime.messages for insert to authentic
 
 
 async def test_private_presence_read_only_sees_presence_but_no_broadcasts_and_cannot_track(
-    live_server: LiveServer, db: Any
+    make_server: Any, db_dsn: str, db: Any
 ) -> None:
-    s = live_server
-    db.execute(STAGE_POLICIES)
+    db.execute(STAGE_POLICIES)  # before the server starts: it may hold realtime.messages meanwhile
+    s: LiveServer = await make_server(db_dsn)
     config = {"private": True, "broadcast": {"self": True, "ack": True}}
     async with JsDriver(call_timeout=30) as js:
         # The speaker may read and write both; the viewer has nothing but the presence read.
@@ -221,11 +226,11 @@ async def test_private_presence_read_only_sees_presence_but_no_broadcasts_and_ca
         await speaker.track({"user": "speaker"})
         table = await converge(both, db, "stage", {"speaker": [{"user": "speaker"}]}, private=True)
         await wait_seen(both, "join", "speaker", only_ref(table, "speaker"))
-        assert table_of_public(db) == 0
+        assert await fetch(db, "select count(*) from realtime.presences where not private") == [(0,)]
 
         # Broadcasts reach the speaker (over the socket and from SQL), never the viewer.
         assert await js.send(speaker.handle, "hello", {"n": 1}) == "ok"
-        db.execute("select realtime.send('{\"n\": 2}'::jsonb, 'from-sql', 'stage', true)")
+        await fetch(db, "select realtime.send('{\"n\": 2}'::jsonb, 'from-sql', 'stage', true)")
         got = sorted([(await js.next_broadcast(speaker.handle))["event"] for _ in range(2)])
         assert got == ["from-sql", "hello"]
         handle = viewer.handle
@@ -240,9 +245,39 @@ async def test_private_presence_read_only_sees_presence_but_no_broadcasts_and_ca
         await wait_seen(both, "join", "speaker", only_ref(table, "speaker"))
         for m in both:
             assert all(seen.key == "speaker" for seen in m.seen()), (m.name, m.seen())
-        assert scalar(db, "select count(*) from realtime.presences where key = 'viewer'") == 0
+        assert await fetch(db, "select count(*) from realtime.presences where key = 'viewer'") == [(0,)]
 
 
-def table_of_public(db: Any) -> int:
-    """Presences of the public set (there must be none: everything here is private)."""
-    return int(scalar(db, "select count(*) from realtime.presences where not private"))
+async def test_a_first_track_enables_presence_for_clients_that_did_not_ask_for_it(
+    live_server: LiveServer, db: Any
+) -> None:
+    """Neither client has presence callbacks or ``presence.enabled``: their first track enables
+    presence, which brings the presence_state, so ``presenceState()`` fills as the table does."""
+    s = live_server
+    async with contextlib.AsyncExitStack() as stack:
+        js = await stack.enter_async_context(JsDriver(call_timeout=30))
+        await js.connect(s.url, s.token(), client="plain")
+        handle = await js.channel(TOPIC, client="plain", config={"presence": {"key": "js"}})
+        assert (await js.subscribe(handle))["status"] == "SUBSCRIBED"
+        client = AsyncRealtimeClient(f"{ws_url(s.url)}/realtime/v1", s.token(), timeout=5)
+        stack.push_async_callback(py_close, client)
+        options: Any = {"config": {"presence": {"key": "py", "enabled": False}}}
+        ch = client.channel(TOPIC, options)
+        statuses: list[str] = []
+        await ch.subscribe(lambda status, _error: statuses.append(str(getattr(status, "value", status))))
+        assert statuses == ["SUBSCRIBED"]
+
+        async def js_state() -> Any:
+            return await js.call({"cmd": "presenceState", "channel": handle})
+
+        async def py_state() -> Any:
+            return ch.presence_state()
+
+        assert await js.track(handle, {"who": "js"}) == "ok"
+        await ch.track({"who": "py"})
+        await converge(
+            [StateOf("js", js_state), StateOf("py", py_state)],
+            db,
+            TOPIC,
+            {"js": [{"who": "js"}], "py": [{"who": "py"}]},
+        )

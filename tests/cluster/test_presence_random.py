@@ -233,3 +233,36 @@ async def run(fleet: Fleet, seed: int, rng: random.Random, doomed: int) -> None:
                 if isinstance(p.member, PyMember):
                     await p.member.close()
             db.close()
+
+
+async def test_a_sidecar_stopping_in_order_takes_its_presences_with_it(fleet: Fleet) -> None:
+    db = psycopg.connect(fleet.dsn, autocommit=True)
+    s0, s1, s2 = (fleet.sidecar(n) for n in range(3))
+    topic = "arena"
+    async with JsDriver(call_timeout=30) as js:
+        watcher = PyMember("watcher", s0.url, s0.token(), topic, "watcher")
+        stays = JsMember(js, "stays", s1.url, s1.token(), topic, "stays")
+        goes = JsMember(js, "goes", s2.url, s2.token(), topic, "goes", vsn="1.0.0")
+        try:
+            for m in (watcher, stays, goes):
+                await m.subscribe()
+            await stays.track({"n": 1})
+            await goes.track({"n": 2})
+            await converge([watcher, stays, goes], db, topic, {"stays": [{"n": 1}], "goes": [{"n": 2}]})
+            address = f"127.0.0.1:{s2.port}"
+            row = db.execute("select id from realtime.sidecars where address = %s", (address,)).fetchone()
+            assert row is not None
+
+            # SIGTERM: by the time the process has exited, it has left the registry and the table.
+            await s2.stop()
+            assert s2.proc.returncode == 0, s2.describe()
+            fleet.sidecars[2] = None
+            assert db.execute("select count(*) from realtime.sidecars where id = %s", row).fetchone() == (0,)
+            assert db.execute(
+                "select count(*) from realtime.presences where sidecar_id = %s", row
+            ).fetchone() == (0,)
+            await goes.close()
+            await converge([watcher, stays], db, topic, {"stays": [{"n": 1}]})
+        finally:
+            await watcher.close()
+            db.close()
