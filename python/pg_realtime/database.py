@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from . import stream
+from . import stream_queries
 from .policies import Authorizer
 from .rows import Row
 
@@ -60,6 +60,8 @@ class Database:
             check=AsyncConnectionPool.check_connection,
         )
         self.authorizer = Authorizer(self.pool)
+        #: Set once the first maintenance run has ended (committed or failed).
+        self.maintained = asyncio.Event()
 
     async def open(self) -> None:
         await self.pool.open(wait=False)
@@ -90,7 +92,7 @@ class Database:
 
     async def replay(self, subtopic: str, since_ms: int, limit: int) -> list[Row]:
         async with self.connection() as conn:
-            rows = await stream.replay(conn, subtopic, since_ms, limit)
+            rows = await stream_queries.replay(conn, subtopic, since_ms, limit)
             await conn.rollback()
         return rows
 
@@ -112,4 +114,5 @@ class Database:
             except (psycopg.Error, DatabaseUnavailable, OSError) as exc:
                 log.warning("realtime.maintain() failed, retrying in %.0f s: %s", MAINTAIN_RETRY_S, exc)
                 delay = MAINTAIN_RETRY_S
+            self.maintained.set()
             await asyncio.sleep(delay)

@@ -59,109 +59,13 @@ from typing import Any
 
 import psycopg
 
+from . import stream_queries
 from .logs import first_line
 from .presence import PresenceEvent
 from .rows import Row
+from .stream_queries import replay
 
 log = logging.getLogger(__name__)
-
-_PROBE = "select pg_current_snapshot()::text"
-
-# The idle wait runs in the reader's own backend: it returns the snapshot as soon as it differs
-# from the one given, or after ``timeout`` seconds, looking every ``step`` seconds. A backend
-# waking up in C costs a small fraction of this process waking up in Python. Each statement of a
-# volatile function takes a fresh snapshot, so every look sees what committed meanwhile.
-_WAIT_FUNCTION = """
-create function pg_temp.realtime_wait(prev text, timeout float8, step float8) returns text
-language plpgsql volatile as $$
-declare
-    v_deadline timestamptz := pg_catalog.clock_timestamp() + pg_catalog.make_interval(secs => timeout);
-    v_snap text;
-begin
-    loop
-        v_snap := pg_catalog.pg_current_snapshot()::text;
-        exit when v_snap <> prev or pg_catalog.clock_timestamp() >= v_deadline;
-        perform pg_catalog.pg_sleep(step);
-    end loop;
-    return v_snap;
-end;
-$$
-"""
-_WAIT = "select pg_temp.realtime_wait(%s, %s, %s)"
-
-# Who the server is. pg_walfile_name() names the current timeline, but only outside recovery.
-_IDENTITY = """
-select (select system_identifier from pg_control_system())::text,
-       pg_is_in_recovery(),
-       extract(epoch from pg_postmaster_start_time())::float8,
-       case when pg_is_in_recovery() then null else pg_walfile_name(pg_current_wal_lsn()) end
-"""
-
-_COLUMNS = """cur.snap::text, m.id::text, m.topic, m.event, m.private, m.payload::text, m.binary_payload,
-       extract(epoch from m.inserted_at)::float8, m.presence, m.xid::text"""
-_ROW = """msg.id, msg.topic, msg.event, msg.private, msg.payload, msg.binary_payload,
-           msg.inserted_at, msg.xid, msg.seq, false as presence"""
-# A presence event in a message's columns: its diff as the payload, ``presence`` true.
-_PRESENCE_ROW = """pe.id, pe.topic, null::text, pe.private,
-           pg_catalog.jsonb_build_object('joins', pe.joins, 'leaves', pe.leaves), null::bytea,
-           pe.inserted_at, pe.xid, pe.seq, true"""
-
-
-def _statement(parts: list[str]) -> str:
-    """One read: the statement's snapshot, and the rows of every part in (xid, seq) order."""
-    union = "\n    union all\n".join(f"({part})" for part in parts)
-    return f"""
-with cur as materialized (select pg_current_snapshot() as snap)
-select {_COLUMNS}
-from cur
-left join lateral (
-    {union}
-) as m on true
-order by m.xid, m.seq
-"""
-
-
-# Two halves (xid >= xmax(S); xid in xip(S)), disjoint since every xid in xip(S) is below xmax(S):
-# each is an index range or lookup by itself, which a generic plan keeps (an OR of the two may not).
-_AFTER_XMAX = """select {row}
-     from realtime.{table} as {alias}
-     where {alias}.xid >= pg_snapshot_xmax(%(prev)s::pg_snapshot)
-       and pg_visible_in_snapshot({alias}.xid, cur.snap)"""
-_IN_XIP = """select {row}
-     from realtime.{table} as {alias}
-     where {alias}.xid = any(array(select pg_snapshot_xip(%(prev)s::pg_snapshot)))
-       and pg_visible_in_snapshot({alias}.xid, cur.snap)"""
-# After the server changed: the xid rule against the old snapshot where xids still mean the same
-# transactions (same system), and every row inserted since ``since`` (a scan of the partitions
-# from then on, once per failover); the caller drops repeats and the ids it has delivered already.
-_SAME_SYSTEM = """select {row}
-     from realtime.{table} as {alias}
-     where %(same_system)s
-       and ({alias}.xid >= pg_snapshot_xmax(%(prev)s::pg_snapshot)
-            or {alias}.xid = any(array(select pg_snapshot_xip(%(prev)s::pg_snapshot))))
-       and pg_visible_in_snapshot({alias}.xid, cur.snap)"""
-_SINCE = """select {row}
-     from realtime.{table} as {alias}
-     where {alias}.inserted_at >= to_timestamp(%(since)s) at time zone 'utc'
-       and pg_visible_in_snapshot({alias}.xid, cur.snap)"""
-
-_MESSAGES = {"row": _ROW, "table": "messages", "alias": "msg"}
-_PRESENCE = {"row": _PRESENCE_ROW, "table": "presence_events", "alias": "pe"}
-
-
-def _read(presence: bool) -> str:
-    sources = [_MESSAGES, _PRESENCE] if presence else [_MESSAGES]
-    return _statement([half.format(**source) for source in sources for half in (_AFTER_XMAX, _IN_XIP)])
-
-
-def _catch_up(presence: bool) -> str:
-    sources = [_MESSAGES, _PRESENCE] if presence else [_MESSAGES]
-    return _statement([half.format(**source) for source in sources for half in (_SAME_SYSTEM, _SINCE)])
-
-
-# The reader's role may read the presence events (the owner's, or one given realtime.grant_sidecar()):
-# without, it reads the messages alone, and presence is off.
-_READS_PRESENCE = "select has_table_privilege('realtime.presence_events', 'select')"
 
 #: How far before the last read of the old server the catch-up read looks (clock skew between
 #: the sidecar and the database, a brief overlap of old and new primary); delivered ids are
@@ -176,45 +80,6 @@ IDLE_WAIT_S = 1.0
 
 #: How often a server in recovery is checked again.
 STANDBY_RECHECK_S = 1.0
-
-
-# The replay of a private channel's join: the newest messages of one topic since a time, in
-# the order the reader would have delivered them. It reads history, not news, so it does not
-# touch the reader's snapshot; it runs on a pool connection, in a transaction rolled back.
-_REPLAY = """
-select id::text, topic, event, private, payload::text, binary_payload,
-       extract(epoch from inserted_at)::float8
-from (
-    select id, topic, event, private, payload, binary_payload, inserted_at, xid, seq
-    from realtime.messages
-    where topic = %(topic)s and private is true and extension = 'broadcast'
-      and inserted_at >= to_timestamp(%(since)s / 1000.0) at time zone 'utc'
-      and inserted_at < timezone('utc', now()) + interval '1 minute'
-    order by inserted_at desc, xid desc, seq desc
-    limit %(limit)s
-) as newest
-order by inserted_at, xid, seq
-"""
-
-
-def _row(r: Any, at: int = 0) -> Row:
-    """A Row from the seven columns of a record that start at ``at``."""
-    binary = r[at + 5]
-    return Row(
-        id=r[at],
-        topic=r[at + 1],
-        event=r[at + 2],
-        private=r[at + 3],
-        payload=r[at + 4],
-        binary_payload=bytes(binary) if binary is not None else None,
-        inserted_at=r[at + 6],
-    )
-
-
-async def replay(conn: psycopg.AsyncConnection[Any], subtopic: str, since_ms: int, limit: int) -> list[Row]:
-    """The newest ``limit`` private messages of ``subtopic`` inserted since ``since_ms`` (epoch ms)."""
-    cur = await conn.execute(_REPLAY, {"topic": subtopic, "since": since_ms, "limit": limit})
-    return [_row(r) for r in await cur.fetchall()]
 
 
 class StreamState(StrEnum):
@@ -368,7 +233,7 @@ class MessageStream:
         # each partition; the read is always an index lookup, so sequential scans are off here.
         await conn.execute("set plan_cache_mode = force_generic_plan")
         await conn.execute("set enable_seqscan = off")
-        cur = await conn.execute(_READS_PRESENCE)
+        cur = await conn.execute(stream_queries.READS_PRESENCE)
         allowed = await cur.fetchone()
         self.reads_presence = bool(allowed and allowed[0])
         if not self.reads_presence and not self._warned_presence:
@@ -381,7 +246,7 @@ class MessageStream:
         previous, self.identity = self.identity, identity
         if self.snapshot is None:
             # The first snapshot is where news starts: rows committed before it are history.
-            cur = await conn.execute(_PROBE)
+            cur = await conn.execute(stream_queries.PROBE)
             first = await cur.fetchone()
             assert first is not None
             self.snapshot = str(first[0])
@@ -407,7 +272,7 @@ class MessageStream:
             await self._catch_up(conn, same_system=True)
 
     async def _identity(self, conn: psycopg.AsyncConnection[Any]) -> ServerIdentity:
-        cur = await conn.execute(_IDENTITY)
+        cur = await conn.execute(stream_queries.IDENTITY)
         row = await cur.fetchone()
         assert row is not None
         system_identifier, in_recovery, started_at, walfile = row
@@ -423,12 +288,12 @@ class MessageStream:
         assert self.snapshot is not None
         since = self._last_read_at - self.catch_up_window
         cur = await conn.execute(
-            _catch_up(self.reads_presence),
+            stream_queries.catch_up_statement(self.reads_presence),
             {"prev": self.snapshot, "same_system": same_system, "since": since},
         )
         records = await cur.fetchall()
         delivered = {row_id for _, ids in self._delivered for row_id in ids}
-        found, found_events = _rows(records)
+        found, found_events = stream_queries.split_records(records)
         rows = []
         for row in found:
             if row.id not in delivered:  # both halves of the read may return a row
@@ -469,7 +334,7 @@ class MessageStream:
         changed = True  # read at once after (re)connecting
         quiet_since = clock()
         waits = await self._create_wait(conn)
-        read = _read(self.reads_presence)
+        read = stream_queries.read_statement(self.reads_presence)
         while not self._stopping.is_set():
             # Reads start every poll_interval: the time a read and its fan-out take comes out
             # of the pause, not on top of it (on top, it would stretch the wait for a new row
@@ -480,9 +345,11 @@ class MessageStream:
                 # While something changed at the last poll the probe would only cost a round trip.
                 quiet = started - quiet_since >= self.idle_after
                 if quiet and waits:
-                    await cursor.execute(_WAIT, (self.snapshot, self.idle_wait, self.poll_interval))
+                    await cursor.execute(
+                        stream_queries.WAIT, (self.snapshot, self.idle_wait, self.poll_interval)
+                    )
                 else:
-                    await cursor.execute(_PROBE)
+                    await cursor.execute(stream_queries.PROBE)
                 probed = await cursor.fetchone()
                 assert probed is not None
                 changed = probed[0] != self.snapshot
@@ -499,7 +366,7 @@ class MessageStream:
             self.reads += 1
             self._set_state(StreamState.LIVE, "ok")
             new_snapshot = records[0][0]
-            rows, events = _rows(records)
+            rows, events = stream_queries.split_records(records)
             # Deliver before advancing: if delivery raised, the same rows would come back.
             if rows or events:
                 self._deliver(rows, events)
@@ -526,7 +393,7 @@ class MessageStream:
         """The idle wait function, where this role may create temporary objects."""
         try:
             await conn.execute("set statement_timeout = 0")
-            await conn.execute(_WAIT_FUNCTION)
+            await conn.execute(stream_queries.WAIT_FUNCTION)
         except psycopg.errors.InsufficientPrivilege as exc:
             log.warning("no idle wait (%s): probing from here every poll interval", first_line(exc))
             return False
@@ -556,17 +423,6 @@ def _ignore_presence(events: list[PresenceEvent]) -> None:
 def _wake(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
-
-
-def _rows(records: list[tuple[Any, ...]]) -> tuple[list[Row], list[PresenceEvent]]:
-    """The messages and the presence events of a read's records."""
-    rows = [_row(r, 1) for r in records if r[1] is not None and not r[8]]
-    if len(rows) == len(records) or (len(records) == 1 and records[0][1] is None):
-        return rows, []
-    events = [
-        PresenceEvent(r[1], r[2], r[4], r[5], int(r[9]), r[7]) for r in records if r[1] is not None and r[8]
-    ]
-    return rows, events
 
 
 def _describe(identity: ServerIdentity, change: str) -> str:

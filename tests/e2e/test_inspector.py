@@ -104,7 +104,10 @@ async def test_stats_report_sockets_channels_topics_and_rates(live_server, db_ds
         assert stats["sockets"] == 1
         assert stats["channels"] == 1
         assert stats["detailed"] is True  # demo mode
-        assert stats["topics"] == [{"topic": "stats-room", "private": False, "subscribers": 1}]
+        # No client here enabled presence on it: the sidecar keeps no presence state for it.
+        assert stats["topics"] == [
+            {"topic": "stats-room", "private": False, "subscribers": 1, "presences": None}
+        ]
         assert stats["socket_list"][0]["vsn"] == "1.0.0"
         assert stats["socket_list"][0]["role"] == "anon"
         assert stats["stream"]["live"] is True

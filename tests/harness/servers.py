@@ -88,6 +88,12 @@ class LiveServer(Endpoint):
             if time.monotonic() > deadline:
                 raise TimeoutError(self.server.bus.down_reason)
             await asyncio.sleep(0.01)
+        # The first realtime.maintain() holds locks on realtime.messages until it commits, which
+        # needs this event loop: a test's blocking SQL (a CREATE POLICY) meanwhile would wait for it
+        # while stopping the loop it waits on. Tests start once it has ended.
+        database = self.server.database
+        if database is not None:
+            await asyncio.wait_for(database.maintained.wait(), max(0.1, deadline - time.monotonic()) + 20)
 
     async def stop(self) -> None:
         await self.runner.cleanup()

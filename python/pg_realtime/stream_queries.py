@@ -1,0 +1,162 @@
+"""The reader's statements, and how their records become rows (see ``stream.py`` for the rules).
+
+Each read is one statement: the statement's own snapshot, and the rows of every part in (xid,
+seq) order. A part selects one table's rows by the xid rule against the previous snapshot; the
+messages and, where the reader's role may read them, the presence events are read together.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from .presence import PresenceEvent
+from .rows import Row
+
+PROBE = "select pg_current_snapshot()::text"
+
+# The idle wait runs in the reader's own backend: it returns the snapshot as soon as it differs
+# from the one given, or after ``timeout`` seconds, looking every ``step`` seconds. A backend
+# waking up in C costs a small fraction of this process waking up in Python. Each statement of a
+# volatile function takes a fresh snapshot, so every look sees what committed meanwhile.
+WAIT_FUNCTION = """
+create function pg_temp.realtime_wait(prev text, timeout float8, step float8) returns text
+language plpgsql volatile as $$
+declare
+    v_deadline timestamptz := pg_catalog.clock_timestamp() + pg_catalog.make_interval(secs => timeout);
+    v_snap text;
+begin
+    loop
+        v_snap := pg_catalog.pg_current_snapshot()::text;
+        exit when v_snap <> prev or pg_catalog.clock_timestamp() >= v_deadline;
+        perform pg_catalog.pg_sleep(step);
+    end loop;
+    return v_snap;
+end;
+$$
+"""
+WAIT = "select pg_temp.realtime_wait(%s, %s, %s)"
+
+# Who the server is. pg_walfile_name() names the current timeline, but only outside recovery.
+IDENTITY = """
+select (select system_identifier from pg_control_system())::text,
+       pg_is_in_recovery(),
+       extract(epoch from pg_postmaster_start_time())::float8,
+       case when pg_is_in_recovery() then null else pg_walfile_name(pg_current_wal_lsn()) end
+"""
+
+_COLUMNS = """cur.snap::text, m.id::text, m.topic, m.event, m.private, m.payload::text, m.binary_payload,
+       extract(epoch from m.inserted_at)::float8, m.presence, m.xid::text"""
+_ROW = """msg.id, msg.topic, msg.event, msg.private, msg.payload, msg.binary_payload,
+           msg.inserted_at, msg.xid, msg.seq, false as presence"""
+# A presence event in a message's columns: its diff as the payload, ``presence`` true.
+_PRESENCE_ROW = """pe.id, pe.topic, null::text, pe.private,
+           pg_catalog.jsonb_build_object('joins', pe.joins, 'leaves', pe.leaves), null::bytea,
+           pe.inserted_at, pe.xid, pe.seq, true"""
+
+
+def _statement(parts: list[str]) -> str:
+    """One read: the statement's snapshot, and the rows of every part in (xid, seq) order."""
+    union = "\n    union all\n".join(f"({part})" for part in parts)
+    return f"""
+with cur as materialized (select pg_current_snapshot() as snap)
+select {_COLUMNS}
+from cur
+left join lateral (
+    {union}
+) as m on true
+order by m.xid, m.seq
+"""
+
+
+# Two halves (xid >= xmax(S); xid in xip(S)), disjoint since every xid in xip(S) is below xmax(S):
+# each is an index range or lookup by itself, which a generic plan keeps (an OR of the two may not).
+_AFTER_XMAX = """select {row}
+     from realtime.{table} as {alias}
+     where {alias}.xid >= pg_snapshot_xmax(%(prev)s::pg_snapshot)
+       and pg_visible_in_snapshot({alias}.xid, cur.snap)"""
+_IN_XIP = """select {row}
+     from realtime.{table} as {alias}
+     where {alias}.xid = any(array(select pg_snapshot_xip(%(prev)s::pg_snapshot)))
+       and pg_visible_in_snapshot({alias}.xid, cur.snap)"""
+# After the server changed: the xid rule against the old snapshot where xids still mean the same
+# transactions (same system), and every row inserted since ``since`` (a scan of the partitions
+# from then on, once per failover); the caller drops repeats and the ids it has delivered already.
+_SAME_SYSTEM = """select {row}
+     from realtime.{table} as {alias}
+     where %(same_system)s
+       and ({alias}.xid >= pg_snapshot_xmax(%(prev)s::pg_snapshot)
+            or {alias}.xid = any(array(select pg_snapshot_xip(%(prev)s::pg_snapshot))))
+       and pg_visible_in_snapshot({alias}.xid, cur.snap)"""
+_SINCE = """select {row}
+     from realtime.{table} as {alias}
+     where {alias}.inserted_at >= to_timestamp(%(since)s) at time zone 'utc'
+       and pg_visible_in_snapshot({alias}.xid, cur.snap)"""
+
+_MESSAGES = {"row": _ROW, "table": "messages", "alias": "msg"}
+_PRESENCE = {"row": _PRESENCE_ROW, "table": "presence_events", "alias": "pe"}
+
+
+def read_statement(presence: bool) -> str:
+    sources = [_MESSAGES, _PRESENCE] if presence else [_MESSAGES]
+    return _statement([half.format(**source) for source in sources for half in (_AFTER_XMAX, _IN_XIP)])
+
+
+def catch_up_statement(presence: bool) -> str:
+    sources = [_MESSAGES, _PRESENCE] if presence else [_MESSAGES]
+    return _statement([half.format(**source) for source in sources for half in (_SAME_SYSTEM, _SINCE)])
+
+
+# The reader's role may read the presence events (the owner's, or one given realtime.grant_sidecar()):
+# without, it reads the messages alone, and presence is off.
+READS_PRESENCE = "select has_table_privilege('realtime.presence_events', 'select')"
+
+# The replay of a private channel's join: the newest messages of one topic since a time, in
+# the order the reader would have delivered them. It reads history, not news, so it does not
+# touch the reader's snapshot; it runs on a pool connection, in a transaction rolled back.
+REPLAY = """
+select id::text, topic, event, private, payload::text, binary_payload,
+       extract(epoch from inserted_at)::float8
+from (
+    select id, topic, event, private, payload, binary_payload, inserted_at, xid, seq
+    from realtime.messages
+    where topic = %(topic)s and private is true and extension = 'broadcast'
+      and inserted_at >= to_timestamp(%(since)s / 1000.0) at time zone 'utc'
+      and inserted_at < timezone('utc', now()) + interval '1 minute'
+    order by inserted_at desc, xid desc, seq desc
+    limit %(limit)s
+) as newest
+order by inserted_at, xid, seq
+"""
+
+
+def row_of(r: Any, at: int = 0) -> Row:
+    """A Row from the seven columns of a record that start at ``at``."""
+    binary = r[at + 5]
+    return Row(
+        id=r[at],
+        topic=r[at + 1],
+        event=r[at + 2],
+        private=r[at + 3],
+        payload=r[at + 4],
+        binary_payload=bytes(binary) if binary is not None else None,
+        inserted_at=r[at + 6],
+    )
+
+
+async def replay(conn: psycopg.AsyncConnection[Any], subtopic: str, since_ms: int, limit: int) -> list[Row]:
+    """The newest ``limit`` private messages of ``subtopic`` inserted since ``since_ms`` (epoch ms)."""
+    cur = await conn.execute(REPLAY, {"topic": subtopic, "since": since_ms, "limit": limit})
+    return [row_of(r) for r in await cur.fetchall()]
+
+
+def split_records(records: list[tuple[Any, ...]]) -> tuple[list[Row], list[PresenceEvent]]:
+    """The messages and the presence events of a read's records."""
+    rows = [row_of(r, 1) for r in records if r[1] is not None and not r[8]]
+    if len(rows) == len(records) or (len(records) == 1 and records[0][1] is None):
+        return rows, []
+    events = [
+        PresenceEvent(r[1], r[2], r[4], r[5], int(r[9]), r[7]) for r in records if r[1] is not None and r[8]
+    ]
+    return rows, events
