@@ -75,18 +75,19 @@ class Database:
             async with self.pool.connection() as conn:
                 yield conn
 
-    def _fail_fast(self) -> None:
+    def fail_fast(self) -> None:
+        """Raise DatabaseUnavailable at once while the reader says the database is away."""
         reason = self.down_reason()
         if reason is not None:
             raise DatabaseUnavailable(reason)
 
     async def can_read(self, subtopic: str, claims: dict[str, Any], extension: str = "broadcast") -> bool:
-        self._fail_fast()
+        self.fail_fast()
         with database_errors():
             return await self.authorizer.can_read(subtopic, claims, extension=extension)
 
     async def can_write(self, subtopic: str, claims: dict[str, Any], extension: str = "broadcast") -> bool:
-        self._fail_fast()
+        self.fail_fast()
         with database_errors():
             return await self.authorizer.can_write(subtopic, claims, extension=extension)
 

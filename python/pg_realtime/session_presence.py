@@ -112,6 +112,10 @@ def track(session: Socket, channel: Channel, msg: Message, push: dict[str, Any])
     if stored is not True:
         detail = stored.detail if isinstance(stored, Unavailable | PolicyFailed) else stored
         log.warning("UnableToTrackPresence on %s: %s", printable(channel.subtopic), detail)
+        # An error means not tracked: whatever the failed batch may have stored is removed (the
+        # removal is written as soon as the database takes writes again).
+        context.presence.untrack(channel)
+        channel.presence_payload = None
         session.reply(msg, "error", {})
         return
     channel.presence_payload = payload

@@ -155,6 +155,9 @@ class PresenceTracker:
 
     async def _load(self, subtopic: str, private: bool, topic: TopicPresence) -> None:
         try:
+            # While the reader says the database is away, a join is answered now, not after the
+            # pool's timeout.
+            self.database.fail_fast()
             async with self.database.connection() as conn:
                 cur = await conn.execute(_LOAD, (subtopic, private))
                 records = await cur.fetchall()
@@ -315,6 +318,7 @@ class PresenceTracker:
 
     async def _write(self, untrack: list[str], track: list[LocalPresence], replace: bool) -> bool:
         rows = orjson.dumps([presence.row() for presence in track]).decode()
+        self.database.fail_fast()
         async with self.database.connection() as conn:
             cur = await conn.execute(_WRITE, (self.sidecar_id, untrack, rows, replace))
             row = await cur.fetchone()

@@ -125,3 +125,48 @@ async def test_public_paths_keep_working_and_private_ones_fail_fast(private_clus
         async with http.post(private_single, json={"n": 9}, headers=bearer(server, "authenticated")) as r:
             assert r.status == 202
         assert decode_db_frame(await private_receiver.recv())[2] == {"n": 9}
+
+
+async def test_presence_while_the_database_is_away_and_after(private_cluster, make_server):
+    """Presence lives in the database: while it is away a join with presence enabled to a topic
+    this sidecar keeps no state of is refused (a client given no presence_state would never apply
+    a diff) and a track is an error that leaves nothing tracked; once it is back both work."""
+    cluster, dsn = private_cluster
+    server = await make_server(dsn)
+    config = {"broadcast": {"self": False}, "presence": {"enabled": True, "key": "k"}, "private": False}
+
+    async def presence_push(ws: RawSocket, ref: str, payload: dict[str, object]) -> dict[str, object]:
+        await ws.send("realtime:hall", "presence", payload, ref=ref, join_ref="1")
+        frame = await ws.recv_until(lambda f: isinstance(f, list) and f[3] == "phx_reply" and f[1] == ref, 10)
+        return reply_of(frame)
+
+    async with await RawSocket.connect(server.url, server.token()) as watcher:
+        assert reply_of(await watcher.join("hall", config))["status"] == "ok"
+        assert (await watcher.recv())[3] == "presence_state"
+        await asyncio.to_thread(cluster.stop, "fast")
+        await wait_for(lambda: not server.server.stream.live, what="stream down")
+        async with await RawSocket.connect(server.url, server.token()) as late:
+            # A topic whose presence state this sidecar keeps is served from it (what changes
+            # meanwhile comes as diffs once the reader catches up); any other is refused.
+            assert reply_of(await late.join("hall", config))["status"] == "ok"
+            assert (await late.recv())[3:] == ["presence_state", {}]
+            reply = await late.join("elsewhere", {**config, "presence": {"enabled": True, "key": "x"}})
+            assert reply_of(reply) == {"status": "error", "response": {"reason": UNREACHABLE}}
+        assert await presence_push(watcher, "5", {"event": "track", "payload": {"down": True}}) == {
+            "status": "error",
+            "response": {},
+        }
+        await asyncio.to_thread(cluster.start)
+        await wait_for(lambda: server.server.stream.live, timeout=30, what="stream live")
+        # The failed track left nothing behind, and a new one is stored and seen.
+        await watcher.expect_silence(1.0)
+        assert await presence_push(watcher, "6", {"event": "track", "payload": {"up": True}}) == {
+            "status": "ok",
+            "response": {},
+        }
+        diff = await watcher.recv_until(lambda f: isinstance(f, list) and f[3] == "presence_diff", 10)
+        assert [meta["up"] for meta in diff[4]["joins"]["k"]["metas"]] == [True]
+        async with await RawSocket.connect(server.url, server.token()) as later:
+            assert reply_of(await later.join("hall", config))["status"] == "ok"
+            state = await later.recv_until(lambda f: isinstance(f, list) and f[3] == "presence_state", 10)
+            assert [meta["up"] for meta in state[4]["k"]["metas"]] == [True]

@@ -172,8 +172,8 @@ def test_track_update_noop_untrack_and_leave() -> None:
     assert sink.untracked == [channel, channel]
 
 
-def test_a_failed_store_is_an_error_reply() -> None:
-    world, _ = presence_world()
+def test_a_failed_store_is_an_error_reply_and_no_presence() -> None:
+    world, sink = presence_world()
     session = world.session()
     join(session, "room", {"presence": {"enabled": True}})
     session.answer(PresenceSnapshot({}, 0), NOW)
@@ -181,6 +181,8 @@ def test_a_failed_store_is_an_error_reply() -> None:
     presence_push(session, {"event": "track", "payload": {}})
     session.answer(Unavailable("down"), NOW)
     assert [reply(f) for f in frames(session)] == [("error", {})]
+    # Not tracked: what the failed batch may have stored is removed.
+    assert sink.untracked == [session.channels["realtime:room"]]
 
 
 def test_a_private_join_reads_both_and_a_track_checks_presence_write() -> None:
