@@ -150,10 +150,9 @@ def join(session: Socket, msg: Message) -> Rule:
     snapshot: PresenceSnapshot | None = None
     # As upstream: past the server's presence rate the join succeeds and the channel is then
     # shut down, instead of getting its presence state.
-    overloaded = False
-    if request.presence_enabled and channel.receives_presence:
-        overloaded = not context.presence_events.allow()
-    if request.presence_enabled and channel.receives_presence and not overloaded:
+    wants_state = request.presence_enabled and channel.receives_presence
+    overloaded = wants_state and not context.presence_events.allow()
+    if wants_state and not overloaded:
         # The presence state comes with the number of the last event it holds: the diffs held
         # meanwhile that it already holds are dropped, the later ones sent after it.
         if channel.held is None:

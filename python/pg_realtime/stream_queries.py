@@ -154,6 +154,7 @@ async def replay(conn: psycopg.AsyncConnection[Any], subtopic: str, since_ms: in
 def split_records(records: list[tuple[Any, ...]]) -> tuple[list[Row], list[PresenceEvent]]:
     """The messages and the presence events of a read's records."""
     rows = [row_of(r, 1) for r in records if r[1] is not None and not r[8]]
+    # Most reads hold messages only, or nothing (one record, of the snapshot alone): no second pass.
     if len(rows) == len(records) or (len(records) == 1 and records[0][1] is None):
         return rows, []
     events = [
