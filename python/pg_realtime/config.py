@@ -67,7 +67,9 @@ class Settings:
     ephemeral: bool = _opt(False, "REALTIME_EPHEMERAL", "embedded mode: a throwaway cluster, deleted at exit")
     # -- delivery ---------------------------------------------------------------------------
     poll_interval_ms: float = _opt(
-        5.0, "REALTIME_POLL_INTERVAL_MS", "how often the reader asks for newly committed messages"
+        2.0,
+        "REALTIME_POLL_INTERVAL_MS",
+        "the shortest time between two reads of new commits (rows committed meanwhile are read together)",
     )
     maintain_interval_s: float = _opt(
         3600.0, "REALTIME_MAINTAIN_INTERVAL_S", "how often to run realtime.maintain() (and at start)"

@@ -113,6 +113,10 @@ class Metrics:
             "realtime_stream_probes", "Polls that found the snapshot unchanged and read nothing"
         )
         r.register(self.stream_probes)
+        self.stream_waits = PolledCounter(
+            "realtime_stream_waits", "Reads that waited in the database for a transaction to end"
+        )
+        r.register(self.stream_waits)
         self.stream_failovers = PolledLabelledCounter(
             "realtime_stream_failovers",
             "Changes of the server behind the database URL, by cause (system_identifier, timeline, "
@@ -151,6 +155,7 @@ class Metrics:
         """Read the reader's own counters at every scrape."""
         self.stream_reads.source = lambda: stream.reads
         self.stream_probes.source = lambda: stream.probes
+        self.stream_waits.source = lambda: stream.waits
         self.stream_failovers.source = lambda: stream.failovers
         self.stream_catch_ups.source = lambda: stream.catch_ups
         self.stream_standby_refusals.source = lambda: stream.refusals

@@ -17,17 +17,17 @@ after a lost connection the next read resumes from it, so what committed meanwhi
 arrives. Within one read, rows are ordered by (xid, seq): a transaction that began after
 another committed has the larger xid, and seq orders the rows of one transaction.
 
-Idle cost. On a primary, ``pg_current_snapshot()`` changes exactly when a transaction that
-had an xid ends (PostgreSQL reuses the cached snapshot until then), so an unchanged snapshot
-means nothing new can be visible. While the snapshot stays the same the reader only probes
-it; the full read runs when it moved. Both are prepared statements on the reader's own
-connection, the read with a generic plan, so neither is parsed or planned again. After a
-second without any change the probing moves into the database: one statement that returns
-as soon as the snapshot moves (looking every poll interval) or after a second. Waking this
-process 200 times a second costs a few percent of a core even when nothing is found; a
-backend looking at its snapshot costs a fraction of that, and the first message after a
-silence is no later than before. Where the role may not create temporary functions, the
-probe stays here.
+Waiting. On a primary, ``pg_current_snapshot()`` changes exactly when a transaction that had
+an xid ends (PostgreSQL reuses the cached snapshot until then), so an unchanged snapshot means
+nothing new can be visible. The reader's own backend watches it: one call of a temporary
+plpgsql function looks every millisecond (every 5 ms after a quiet second), makes the read as
+soon as the snapshot moved, or returns unchanged after a second. A commit is seen within a
+millisecond with no round trip per look; looking costs the backend about 2% of a core while
+things happen and 1% while idle, where waking this process to ask would cost several times
+that. Reads start at most every poll interval, so rows that commit together are read
+together. Where the role may not create temporary functions, the reader probes from here
+every poll interval (both statements prepared, the read with a generic plan) and reads when
+the probe saw the snapshot move.
 
 Where it must not run. On a hot standby ``pg_current_snapshot()`` has an empty in-progress
 list (during recovery PostgreSQL keeps every running xid in the snapshot's subxip array), so
@@ -72,10 +72,17 @@ log = logging.getLogger(__name__)
 #: remembered for twice as long so that the catch-up never repeats one.
 CATCH_UP_WINDOW_S = 5.0
 
-#: After this long without any change of the snapshot, the reader polls at its idle interval.
+#: How often the reader's backend looks at the snapshot while things happen (pg_sleep() sleeps
+#: whole milliseconds): a commit is seen within a millisecond, for about 2% of a core.
+ACTIVE_STEP_S = 0.001
+
+#: After this long without any change of the snapshot, the backend looks at its idle step.
 IDLE_AFTER_S = 1.0
 
-#: The longest an idle wait in the database lasts before this process looks up again.
+#: How often it looks when nothing has changed for a while (about 1% of a core).
+IDLE_STEP_S = 0.005
+
+#: The longest a wait in the database lasts before this process looks up again.
 IDLE_WAIT_S = 1.0
 
 #: How often a server in recovery is checked again.
@@ -133,12 +140,13 @@ class MessageStream:
         dsn: str,
         on_rows: RowsHandler,
         on_presence: PresenceHandler | None = None,
-        poll_interval: float = 0.005,
+        poll_interval: float = 0.002,
         on_state: Callable[[StreamState, str], None] | None = None,
         max_backoff: float = 5.0,
         catch_up_window: float = CATCH_UP_WINDOW_S,
         idle_wait: float = IDLE_WAIT_S,
         idle_after: float = IDLE_AFTER_S,
+        idle_step: float = IDLE_STEP_S,
     ) -> None:
         self.dsn = dsn
         self.on_rows = on_rows
@@ -146,6 +154,7 @@ class MessageStream:
         self.poll_interval = poll_interval
         self.idle_wait = idle_wait
         self.idle_after = idle_after
+        self.idle_step = idle_step
         self.on_state = on_state
         self.max_backoff = max_backoff
         self.catch_up_window = catch_up_window
@@ -153,9 +162,11 @@ class MessageStream:
         self.reason = "starting"
         self.snapshot: str | None = None
         self.identity: ServerIdentity | None = None
-        #: Full reads of realtime.messages, and probes that found the snapshot unchanged.
+        #: Reads that found the snapshot changed, polls that found it unchanged (probes from here,
+        #: or waits in the database that ended unchanged), and reads that waited in the database.
         self.reads = 0
         self.probes = 0
+        self.waits = 0
         #: Changes of the server behind the URL, by cause (system_identifier, timeline,
         #: snapshot_backwards), and catch-up reads made for any reason (these and restarts).
         self.failovers: dict[str, int] = {}
@@ -164,6 +175,7 @@ class MessageStream:
         #: Whether the reads include realtime.presence_events (the role may read them).
         self.reads_presence = False
         self._warned_presence = False
+        self._warned_wait = False
         self._last_read_at = 0.0  # wall clock of the last successful read
         self._delivered: deque[tuple[float, Sequence[str]]] = deque()
         self._stopping = asyncio.Event()
@@ -327,13 +339,39 @@ class MessageStream:
             delivered.popleft()
 
     async def _poll(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        if await self._create_wait_read(conn):
+            await self._poll_in_database(conn)
+        else:
+            await self._poll_from_here(conn)
+
+    async def _poll_in_database(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Reads that wait in the database for something to finish: one round trip per read."""
+        clock = time.monotonic
+        cursor = conn.cursor()
+        quiet_since = clock()
+        while not self._stopping.is_set():
+            started = clock()
+            assert self.snapshot is not None
+            # While things happen the backend looks every millisecond; after a quiet second, at
+            # the idle step, so that a database without traffic costs next to nothing.
+            step = ACTIVE_STEP_S if started - quiet_since < self.idle_after else self.idle_step
+            await cursor.execute(stream_queries.WAIT_READ, (self.snapshot, self.idle_wait, step))
+            records = await cursor.fetchall()
+            if records[0][10]:
+                self.waits += 1
+            if await self._take(records, conn):
+                quiet_since = clock()
+            # Reads start at most every poll_interval, so that rows arriving together are read
+            # together: the time a read and its fan-out took comes out of the pause.
+            await self._sleep(self.poll_interval - (clock() - started))
+
+    async def _poll_from_here(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Where the role may not create a temporary function: probe every poll interval."""
         # Not loop.time(): uvloop's is cached per loop iteration in whole milliseconds, which made
         # the pause miss the fan-out just done and stretched a 5 ms period to 6.5 ms (bench latency).
         clock = time.monotonic
         cursor = conn.cursor()
         changed = True  # read at once after (re)connecting
-        quiet_since = clock()
-        waits = await self._create_wait(conn)
         read = stream_queries.read_statement(self.reads_presence)
         while not self._stopping.is_set():
             # Reads start every poll_interval: the time a read and its fan-out take comes out
@@ -343,13 +381,7 @@ class MessageStream:
             assert self.snapshot is not None
             if not changed:
                 # While something changed at the last poll the probe would only cost a round trip.
-                quiet = started - quiet_since >= self.idle_after
-                if quiet and waits:
-                    await cursor.execute(
-                        stream_queries.WAIT, (self.snapshot, self.idle_wait, self.poll_interval)
-                    )
-                else:
-                    await cursor.execute(stream_queries.PROBE)
+                await cursor.execute(stream_queries.PROBE)
                 probed = await cursor.fetchone()
                 assert probed is not None
                 changed = probed[0] != self.snapshot
@@ -357,45 +389,53 @@ class MessageStream:
                     self.probes += 1
                     self._last_read_at = time.time()
                     self._set_state(StreamState.LIVE, "ok")
-                    if not (quiet and waits):
-                        await self._sleep(self.poll_interval - (clock() - started))
+                    await self._sleep(self.poll_interval - (clock() - started))
                     continue
-                quiet_since = started
             await cursor.execute(read, {"prev": self.snapshot})
-            records = await cursor.fetchall()
-            self.reads += 1
-            self._set_state(StreamState.LIVE, "ok")
-            new_snapshot = records[0][0]
-            rows, events = stream_queries.split_records(records)
-            # Deliver before advancing: if delivery raised, the same rows would come back.
-            if rows or events:
-                self._deliver(rows, events)
-            went_backwards = snapshot_xmax(new_snapshot) < snapshot_xmax(self.snapshot)
-            changed = new_snapshot != self.snapshot
-            if changed:
-                quiet_since = started
-            if went_backwards:
-                # The same connection now reaches another server (a proxy in front of a failover).
-                self._count_failover("snapshot_backwards")
-                log.warning(
-                    "DatabaseChanged: the snapshot went backwards (%s -> %s); catching up",
-                    self.snapshot,
-                    new_snapshot,
-                )
-                await self._catch_up(conn, same_system=True)
-                self.identity = await self._identity(conn)
-            else:
-                self.snapshot = new_snapshot
-                self._last_read_at = time.time()
+            changed = await self._take(await cursor.fetchall(), conn)
             await self._sleep(self.poll_interval - (clock() - started))
 
-    async def _create_wait(self, conn: psycopg.AsyncConnection[Any]) -> bool:
-        """The idle wait function, where this role may create temporary objects."""
+    async def _take(self, records: list[tuple[Any, ...]], conn: psycopg.AsyncConnection[Any]) -> bool:
+        """Deliver a read's records and move the snapshot on; whether the snapshot changed."""
+        assert self.snapshot is not None
+        new_snapshot = records[0][0]
+        if new_snapshot == self.snapshot:
+            self.probes += 1
+            self._last_read_at = time.time()
+            self._set_state(StreamState.LIVE, "ok")
+            return False
+        self.reads += 1
+        self._set_state(StreamState.LIVE, "ok")
+        rows, events = stream_queries.split_records(records)
+        # Deliver before advancing: if delivery raised, the same rows would come back.
+        if rows or events:
+            self._deliver(rows, events)
+        if snapshot_xmax(new_snapshot) < snapshot_xmax(self.snapshot):
+            # The same connection now reaches another server (a proxy in front of a failover).
+            self._count_failover("snapshot_backwards")
+            log.warning(
+                "DatabaseChanged: the snapshot went backwards (%s -> %s); catching up",
+                self.snapshot,
+                new_snapshot,
+            )
+            await self._catch_up(conn, same_system=True)
+            self.identity = await self._identity(conn)
+        else:
+            self.snapshot = new_snapshot
+            self._last_read_at = time.time()
+        return True
+
+    async def _create_wait_read(self, conn: psycopg.AsyncConnection[Any]) -> bool:
+        """The wait-and-read function, where this role may create temporary objects."""
         try:
             await conn.execute("set statement_timeout = 0")
-            await conn.execute(stream_queries.WAIT_FUNCTION)
+            await conn.execute(stream_queries.wait_read_function(self.reads_presence))
         except psycopg.errors.InsufficientPrivilege as exc:
-            log.warning("no idle wait (%s): probing from here every poll interval", first_line(exc))
+            if not self._warned_wait:
+                self._warned_wait = True
+                log.warning(
+                    "no wait in the database (%s): probing from here every poll interval", first_line(exc)
+                )
             return False
         return True
 
