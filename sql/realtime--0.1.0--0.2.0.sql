@@ -108,8 +108,8 @@ comment on sequence realtime.messages_seq is
 comment on column realtime.messages.seq is
 'Insertion order within the writing transaction; not comparable across transactions.';
 
--- 4. Time-ordered message ids (version 7 UUIDs): inserts touch the right-hand edge of the primary
--- key index instead of random pages of it.
+-- 4. Time-ordered message ids (version 7 UUIDs): they sort by creation, and an index on them takes
+-- new ids at its right-hand edge instead of on random pages.
 create function realtime.message_id()
 returns uuid
 language sql
@@ -133,42 +133,56 @@ $$;
 comment on function realtime.message_id() is
 'A new message id: a version 7 UUID (time-ordered), as send() and the triggers assign.';
 
+-- The primary key becomes the key the reader reads by, (xid, seq, inserted_at), in place of
+-- (id, inserted_at) and the separate index on xid: one index per row instead of two (a quarter
+-- less WAL per send). The upgrade's lock holds readers and writers until the new key is there.
+alter table realtime.messages drop constraint messages_pkey;
+alter table realtime.messages add constraint messages_pkey primary key (xid, seq, inserted_at);
+drop index realtime.messages_xid_index;
+
 -- 5. A role under row-level security may no longer choose a row's topic (other than
--- realtime.topic()), inserted_at (the partition key), xid or seq (what the reader relies on).
--- SECURITY DEFINER: it draws seq, and writers hold no privilege on the sequence (see 3).
-create function realtime.messages_guard()
-returns trigger
-language plpgsql
-volatile
-security definer
-set search_path = pg_catalog, pg_temp
-as $$
-begin
-    if realtime.topic() is not null and new.topic is distinct from realtime.topic() then
-        raise exception 'realtime.messages: topic "%" differs from realtime.topic() "%"',
-            new.topic, realtime.topic()
-            using errcode = 'insufficient_privilege',
-            hint = 'Insert a row only on the topic that realtime.topic is set to.';
-    end if;
-    if new.inserted_at is distinct from pg_catalog.timezone('utc', pg_catalog.now()) then
-        raise exception 'realtime.messages: inserted_at is set by the database'
-            using errcode = 'insufficient_privilege';
-    end if;
-    new.xid := pg_catalog.pg_current_xact_id();
-    new.seq := pg_catalog.nextval('realtime.messages_seq'::regclass);
-    return new;
-end;
-$$;
+-- realtime.topic()), inserted_at (the partition key) or xid (what the reader relies on).
+-- What a role subject to row-level security may not choose when it inserts a message, as
+-- restrictive INSERT policies. PostgreSQL applies them to exactly the roles that row-level
+-- security applies to, ANDed with the permissive policies the database's owner writes, and they
+-- cost the trusted writers (the owner, the sidecar's reader, superusers) nothing: a BEFORE ROW
+-- trigger did the same, but made every insert evaluate its WHEN clause and check the row against
+-- its partition's bounds once more.
+--
+--   * The topic: when realtime.topic() is set, the row's topic must be that topic. Any session can
+--     set realtime.topic (it is a plain setting), so a policy that tests only realtime.topic()
+--     would otherwise let a role insert on any topic by first setting it to one it may write.
+--   * inserted_at: the partition key, which realtime.maintain() and retention rely on. It must be
+--     the default (the transaction's start, UTC).
+--   * xid: the reader selects rows by it, so a row claiming another transaction's id could be
+--     hidden from it or surface at another time. It must be the writer's own (the default).
+-- seq orders the rows of the writer's own transaction only, so the writer may give it: that can
+-- reorder only its own messages. The id stays the caller's when given (send() gives its own, the
+-- one it puts in the payload).
+create policy messages_topic_is_realtime_topic on realtime.messages
+as restrictive
+for insert
+to public
+with check (realtime.topic() is null or topic = realtime.topic());
 
-comment on function realtime.messages_guard() is
-'Trigger of realtime.messages: for roles subject to row-level security, the topic must be '
-'realtime.topic() when set, inserted_at must be the default, and xid and seq are the database''s.';
+create policy messages_inserted_at_is_now on realtime.messages
+as restrictive
+for insert
+to public
+with check (inserted_at = pg_catalog.timezone('utc', pg_catalog.now()));
 
--- The WHEN clause spares privileged writers the function call.
-create trigger messages_guard before insert on realtime.messages
-for each row
-when (pg_catalog.row_security_active('realtime.messages'::regclass))
-execute function realtime.messages_guard();
+create policy messages_xid_is_the_writers on realtime.messages
+as restrictive
+for insert
+to public
+with check (xid = pg_catalog.pg_current_xact_id());
+
+comment on policy messages_topic_is_realtime_topic on realtime.messages is
+'A role under row-level security inserts only on the topic realtime.topic is set to, when set.';
+comment on policy messages_inserted_at_is_now on realtime.messages is
+'A role under row-level security leaves inserted_at (the partition key) to the database.';
+comment on policy messages_xid_is_the_writers on realtime.messages is
+'A role under row-level security leaves xid (what the sidecar reads by) to the database.';
 
 -- 6. send() and send_binary() check beforehand what they can, and take a subtransaction only when
 -- the caller's INSERT policies (or another condition that cannot be known beforehand) decide: a

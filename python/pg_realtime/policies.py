@@ -36,13 +36,15 @@ select set_config('role', %(role)s, true),
        set_config('request.headers', %(headers)s, true)
 """
 
-# inserted_at is given explicitly so the SELECT can prune to one partition.
+# inserted_at is given explicitly so the SELECT can prune to one partition; the probe's row is
+# found by its transaction's id, the leading column of the primary key (the id is not indexed).
 _INSERT_READ_PROBE = """
 insert into realtime.messages (id, topic, extension, inserted_at, updated_at)
 values (%(id)s, %(topic)s, %(extension)s, timezone('utc', now()), timezone('utc', now()))
 """
 _SELECT_READ_PROBE = """
-select 1 from realtime.messages where id = %(id)s and inserted_at = timezone('utc', now())
+select 1 from realtime.messages
+where xid = pg_current_xact_id() and id = %(id)s and inserted_at = timezone('utc', now())
 """
 _INSERT_WRITE_PROBE = """
 insert into realtime.messages (topic, extension) values (%(topic)s, %(extension)s)

@@ -48,7 +48,6 @@ EXPECTED_FUNCTIONS = {
     "maintain": "retention interval DEFAULT '3 days'::interval, premake integer DEFAULT 3",
     "grant_access": "role_name name",
     "messages_partitions": "",
-    "messages_guard": "",
     "bus_slot": "",
     "bus_rotate": "",
     "sidecar_renew": (
@@ -83,7 +82,22 @@ def test_messages_table(db: psycopg.Connection) -> None:
            from pg_class c where c.oid = 'realtime.messages'::regclass"""
     ).fetchone()
     assert relation == ("p", True, False, "RANGE (inserted_at)")
-    assert count(db, "select count(*) from pg_policy where polrelid = 'realtime.messages'::regclass") == 0
+    # The extension's own policies are restrictive guards of what a writer under row-level
+    # security may choose; who may read and write is left to the database's owner.
+    policies = db.execute(
+        "select polname::text, polpermissive, polcmd, pg_get_expr(polwithcheck, polrelid) from pg_policy"
+        " where polrelid = 'realtime.messages'::regclass order by polname"
+    ).fetchall()
+    assert policies == [
+        ("messages_inserted_at_is_now", False, "a", "(inserted_at = timezone('utc'::text, now()))"),
+        (
+            "messages_topic_is_realtime_topic",
+            False,
+            "a",
+            "((realtime.topic() IS NULL) OR (topic = realtime.topic()))",
+        ),
+        ("messages_xid_is_the_writers", False, "a", "(xid = pg_current_xact_id())"),
+    ]
     constraints: dict[str, str] = dict(
         db.execute(
             "select conname, pg_get_constraintdef(oid) from pg_constraint"
@@ -91,7 +105,7 @@ def test_messages_table(db: psycopg.Connection) -> None:
         ).fetchall()
     )
     assert constraints == {
-        "messages_pkey": "PRIMARY KEY (id, inserted_at)",
+        "messages_pkey": "PRIMARY KEY (xid, seq, inserted_at)",
         "messages_payload_exclusive": "CHECK (((payload IS NULL) OR (binary_payload IS NULL)))",
     }
     indexes: dict[str, str] = dict(
@@ -102,14 +116,13 @@ def test_messages_table(db: psycopg.Connection) -> None:
     )
     assert indexes == {
         "messages_pkey": (
-            "CREATE UNIQUE INDEX messages_pkey ON ONLY realtime.messages USING btree (id, inserted_at)"
+            "CREATE UNIQUE INDEX messages_pkey ON ONLY realtime.messages USING btree (xid, seq, inserted_at)"
         ),
         "messages_inserted_at_topic_index": (
             "CREATE INDEX messages_inserted_at_topic_index ON ONLY realtime.messages"
             " USING btree (inserted_at DESC, topic)"
             " WHERE ((extension = 'broadcast'::text) AND (private IS TRUE))"
         ),
-        "messages_xid_index": "CREATE INDEX messages_xid_index ON ONLY realtime.messages USING btree (xid)",
     }
     default = db.execute(
         "select pg_get_expr(c.relpartbound, c.oid) from pg_class c"
@@ -155,9 +168,7 @@ def test_function_signatures(db: psycopg.Connection) -> None:
     assert functions["insert_refusal"][1:] == ("text", False, "sql", "s")
     assert functions["topic_mistake"][1:] == ("text", False, "sql", "i")
     assert functions["maintain"][1:] == ("SETOF text", True, "plpgsql", "v")
-    # The guard draws seq, which writers hold no privilege for.
-    assert functions["messages_guard"][1:] == ("trigger", True, "plpgsql", "v")
-    for definer in ("realtime.maintain(interval, integer)", "realtime.messages_guard()"):
+    for definer in ("realtime.maintain(interval, integer)",):
         config = scalar(db, "select proconfig from pg_proc where oid = %s::regprocedure", (definer,))
         assert "search_path=pg_catalog, pg_temp" in config
 
@@ -193,7 +204,6 @@ def test_privileges(db: psycopg.Connection) -> None:
         "insert_refusal": True,
         "topic_mistake": True,
         "messages_partitions": True,
-        "messages_guard": True,
         "maintain": False,
         "grant_access": False,
         "bus_slot": True,
@@ -226,10 +236,10 @@ def test_every_object_has_a_comment(db: psycopg.Connection) -> None:
              and d.refobjid = (select oid from pg_extension where extname = 'realtime')"""
     ).fetchall()
     names = {name for name, _ in members}
-    # The schema, 13 functions, the table, its default partition, its sequence, and the daily
+    # The schema, 12 functions, the table, its default partition, its sequence, and the daily
     # partitions; the cluster's 5 functions, the bus attachments and their 3 partitions, the sidecar
     # registry; presence's 3 functions, 2 tables and the events' sequence.
-    assert len(members) == 17 + 10 + 6 + len(partitions(db))
+    assert len(members) == 16 + 10 + 6 + len(partitions(db))
     assert {
         "schema realtime",
         "table realtime.messages",

@@ -119,19 +119,31 @@ def test_allowed_topic_still_works(
 
 
 @pytest.mark.usefixtures("readme_policy")
-def test_forged_xid_and_seq_are_overwritten(db: psycopg.Connection) -> None:
+@pytest.mark.parametrize("xid", ["'1'::xid8", "pg_current_xact_id()::text::bigint + 1000"])
+def test_forged_xid_is_refused(db: psycopg.Connection, xid: str) -> None:
+    # The reader selects a transaction's rows by xid: a row claiming another's could be hidden.
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="messages_xid_is_the_writers"):
+        forge_insert(
+            db,
+            "insert into realtime.messages (topic, extension, xid)"
+            f" values ('room-1', 'broadcast', ({xid})::text::xid8)",
+        )
+    assert count(db, "select count(*) from realtime.messages") == 0
+
+
+@pytest.mark.usefixtures("readme_policy")
+def test_a_given_seq_orders_only_the_writers_own_rows(db: psycopg.Connection) -> None:
     with db.transaction():
         db.execute("set local role authenticated")
         db.execute("select set_config('realtime.topic', 'room-1', true)")
-        db.execute(
-            "insert into realtime.messages (topic, extension, xid, seq)"
-            " values ('room-1', 'broadcast', '1'::xid8, -1)"
-        )
+        insert = "insert into realtime.messages (topic, extension, event{})"
+        insert += " values ('room-1', 'broadcast', {})"
+        db.execute(insert.format(", seq", "'b', -1"))
+        db.execute(insert.format("", "'a'"))
         current = db.execute("select pg_current_xact_id()").fetchone()
-    row = db.execute("select xid, seq from realtime.messages").fetchone()
-    assert row is not None and current is not None
-    assert row[0] == current[0]  # the reader selects the transaction's rows by xid: not hidden
-    assert row[1] > 0
+    rows = db.execute("select xid, event from realtime.messages order by xid, seq").fetchall()
+    assert current is not None
+    assert rows == [(current[0], "b"), (current[0], "a")]
 
 
 @pytest.mark.usefixtures("readme_policy")
