@@ -78,6 +78,22 @@ def _raw_writer(ws: web.WebSocketResponse) -> Any | None:
     return writer
 
 
+def write_now(ws: web.WebSocketResponse, outbox: _Outbox) -> bool:
+    """Write what ``outbox`` holds at once, without waiting; False when that is the writer task's
+    job instead (no writer to bypass, a closing transport, or one paused by flow control)."""
+    writer = _raw_writer(ws)
+    if writer is None or writer._closing:
+        return False
+    transport, protocol = writer.transport, writer.protocol
+    if transport.is_closing() or protocol.writing_paused:
+        return False
+    while frames := take(outbox):
+        transport.write(encode(frames))
+        if protocol.writing_paused:
+            return False
+    return True
+
+
 async def send(ws: web.WebSocketResponse, frames: list[str | bytes]) -> None:
     """Write ``frames`` to ``ws`` in order, in one system call where possible."""
     writer = _raw_writer(ws)

@@ -98,6 +98,9 @@ class Connection:
         self.idle_timeout_s = idle_timeout_s
         self.on_idle_timeout = on_idle_timeout
         self.wake = asyncio.Event()
+        #: Whether the writer task is between waking up and waiting again (it owns the socket then).
+        self._writing = False
+        self._flush_queued = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._abort_scheduled = False
@@ -107,9 +110,25 @@ class Connection:
 
     def wakeup(self) -> None:
         """The session's outbox has frames, overflowed, or the session is closing."""
-        self.wake.set()
-        if self.session.outbox.overflowed:
+        session = self.session
+        if session.outbox.overflowed:
+            self.wake.set()
             self._abort_later()
+        elif self._writing or session.closing:
+            self.wake.set()
+        elif not self._flush_queued:
+            # Frames for an idle socket are written by one callback for every socket a fan-out
+            # touched, once it is done, instead of waking each socket's writer task.
+            self._flush_queued = True
+            _FLUSHER.add(self)
+
+    def flush(self) -> None:
+        """Write the outbox now, or leave it to the writer task where that must wait."""
+        self._flush_queued = False
+        session = self.session
+        busy = self._writing or session.closing or session.outbox.overflowed
+        if busy or not framing.write_now(self.ws, session.outbox):
+            self.wake.set()
 
     def begin_close(self, code: int) -> None:
         self.session.begin_close(code)
@@ -229,7 +248,9 @@ class Connection:
         outbox = session.outbox
         try:
             while True:
+                self._writing = False
                 await self.wake.wait()
+                self._writing = True
                 self.wake.clear()
                 # What one read left queued goes out in one write, not one system call per frame.
                 while frames := framing.take(outbox):
@@ -246,6 +267,8 @@ class Connection:
             session.closing = True
             session.outbox.closed = True
             return
+        finally:
+            self._writing = True  # nothing writes to this socket any more but the writer's end
 
     def _abort_later(self) -> None:
         # The writer waits for the client to read, which may never happen: drop the connection
@@ -254,3 +277,28 @@ class Connection:
             return
         self._abort_scheduled = True
         asyncio.get_running_loop().call_later(SLOW_CONSUMER_GRACE_S, self.transport.abort)
+
+
+class _Flusher:
+    """Sockets with frames to write, flushed together by one callback of the event loop."""
+
+    def __init__(self) -> None:
+        self._pending: list[Connection] = []
+
+    def add(self, connection: Connection) -> None:
+        if not self._pending:
+            asyncio.get_running_loop().call_soon(self._run)
+        self._pending.append(connection)
+
+    def _run(self) -> None:
+        pending, self._pending = self._pending, []
+        for connection in pending:
+            try:
+                connection.flush()
+            except Exception:
+                # One socket's failed write must not keep the others' frames back.
+                log.exception("flushing a socket failed")
+                connection.wake.set()
+
+
+_FLUSHER = _Flusher()
