@@ -4,7 +4,8 @@ With ``synchronous_commit = off`` the disk drops out and what is left is the wor
 transaction does; each step adds one thing ``send()`` does to the step before it:
 
 1. the plain INSERT of bench.send (Supabase's columns, uuid primary key);
-2. the same table with the reader's ``xid`` and ``seq`` columns and the ``xid`` index;
+2. the same table with the reader's ``xid`` and ``seq`` columns, keyed as ``realtime.messages``
+   is, by ``(xid, seq, inserted_at)``;
 3. an INSERT straight into ``realtime.messages`` (partition routing, the partial replay
    index, the payload check);
 4. that INSERT inside a PL/pgSQL exception block (a subtransaction), as Supabase's ``send()``
@@ -34,9 +35,8 @@ WRITERS = 8
 _SETUP = (
     plain_table("cost_plain")
     + """
-create table cost_xid (like realtime.messages including defaults);
-alter table cost_xid add primary key (id, inserted_at);
-create index on cost_xid (xid);
+create table cost_xid (like realtime.messages including defaults including identity);
+alter table cost_xid add primary key (xid, seq, inserted_at);
 create function cost_wrapped(payload jsonb, event text, topic text) returns void
 language plpgsql as $$
 begin
@@ -53,7 +53,7 @@ end $$;
 
 STEPS = (
     ("plain INSERT (baseline)", insert_script("cost_plain")),
-    ("+ xid, seq columns and the xid index", insert_script("cost_xid")),
+    ("+ xid, seq columns, keyed by (xid, seq, inserted_at)", insert_script("cost_xid")),
     ("INSERT into partitioned realtime.messages", insert_script("realtime.messages")),
     (
         "+ PL/pgSQL exception block",

@@ -284,13 +284,22 @@ class _Flusher:
 
     def __init__(self) -> None:
         self._pending: list[Connection] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._scheduled = False
 
     def add(self, connection: Connection) -> None:
-        if not self._pending:
-            asyncio.get_running_loop().call_soon(self._run)
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            # Another event loop (a test's, or a restarted server's): what the old one left
+            # pending belonged to sockets that loop took with it.
+            self._loop, self._pending, self._scheduled = loop, [], False
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._run)
         self._pending.append(connection)
 
     def _run(self) -> None:
+        self._scheduled = False
         pending, self._pending = self._pending, []
         for connection in pending:
             try:

@@ -106,8 +106,9 @@ begin
     loop
         exit when pg_catalog.pg_current_snapshot()::text <> prev
             or pg_catalog.clock_timestamp() >= v_deadline;
-        perform pg_catalog.pg_sleep(step);
-        v_waited := true;
+        -- An assignment, not PERFORM: PL/pgSQL evaluates it as a simple expression, where PERFORM
+        -- would start and end an executor at every look.
+        v_waited := pg_catalog.pg_sleep(step) is not null;
     end loop;
     return query {read};
 end;

@@ -8,6 +8,7 @@ import subprocess
 from collections.abc import Callable
 
 import psycopg
+import pytest
 from pg_realtime.embedded import EmbeddedPostgres, pg_bindir
 from psycopg.conninfo import make_conninfo
 
@@ -166,11 +167,32 @@ def test_function_signatures(db: psycopg.Connection) -> None:
     assert functions["message_id"][1:] == ("uuid", False, "sql", "v")
     assert functions["insert_needs_guard"][1:] == ("boolean", False, "sql", "s")
     assert functions["insert_refusal"][1:] == ("text", False, "sql", "s")
-    assert functions["topic_mistake"][1:] == ("text", False, "sql", "i")
+    assert functions["topic_mistake"][1:] == ("text", False, "sql", "s")
     assert functions["maintain"][1:] == ("SETOF text", True, "plpgsql", "v")
     for definer in ("realtime.maintain(interval, integer)",):
         config = scalar(db, "select proconfig from pg_proc where oid = %s::regprocedure", (definer,))
         assert "search_path=pg_catalog, pg_temp" in config
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        "realtime.message_id()",
+        "realtime.insert_needs_guard(t, true, 10)",
+        "realtime.insert_refusal(t)",
+        "realtime.topic_mistake(t)",
+    ],
+)
+def test_send_path_helpers_are_inlined(db: psycopg.Connection, call: str) -> None:
+    # A LANGUAGE sql function that PostgreSQL does not inline is parsed and planned again in
+    # every transaction that calls it from send(): a third of a one-send transaction's time.
+    # Not a constant argument, which the planner would fold away inlined or not.
+    rows = db.execute(
+        f"explain (verbose, costs off) select {call}"
+        " from generate_series(1, 2) as g, lateral (select 'room' || g as t) as v"
+    )
+    plan = "\n".join(r[0] for r in rows)
+    assert call.split("(", 1)[0] not in plan, plan
 
 
 def test_privileges(db: psycopg.Connection) -> None:
