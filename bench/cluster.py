@@ -183,7 +183,7 @@ async def run(ctx: Context) -> Result:
                 f"{bus_cpu / 3 * 100:.1f}%",
             ],
             [
-                "idle sidecar process, all of it (bus, registry and the reader's 5 ms polls)",
+                "idle sidecar process, all of it (bus, registry and the reader's waits)",
                 f"{idle_sidecar * 100:.2f}%",
             ],
             [

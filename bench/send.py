@@ -8,8 +8,9 @@ pgbench runs one single-statement transaction per send, with 1 and 8 concurrent 
   subtransaction);
 * **Supabase's send()**: Supabase's own ``send()`` and ``messages`` table (``supabase_send.sql``,
   schema ``supabase_realtime``): the anchor;
-* **send() + sidecar**: ``realtime.send()`` while ``pg-realtime serve`` probes the snapshot
-  every 5 ms and reads every row sent: our wake-up mechanism, and what it costs the writers;
+* **send() + sidecar**: ``realtime.send()`` while ``pg-realtime serve`` (default settings) waits
+  for commits in its backend and reads every row sent, at most every 2 ms: our wake-up
+  mechanism, and what it costs the writers;
 * **send() under RLS** and **Supabase's send() under RLS**: both as the role ``authenticated``
   with an INSERT policy that lets it write: ours takes its guarded path (a subtransaction per
   send, as Supabase's always does), so this is what the guard costs;
@@ -115,7 +116,7 @@ LABELS = {
     "plain": "plain INSERT (baseline)",
     "send": "`realtime.send()`",
     "supabase": "Supabase's `send()` on Supabase's table",
-    "send+sidecar": "`realtime.send()` + sidecar reading (5 ms probe)",
+    "send+sidecar": "`realtime.send()` + sidecar reading (default settings)",
     "send+rls": "`realtime.send()` under RLS (guarded path)",
     "supabase+rls": "Supabase's `send()` under RLS",
     "notify": "INSERT + `pg_notify` trigger (naive)",
