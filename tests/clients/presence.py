@@ -252,7 +252,15 @@ class PyMember:
         await self.channel.untrack()
 
     async def leave(self) -> None:
-        await self.channel.unsubscribe()
+        channel = self.channel
+        await channel.unsubscribe()
+        # realtime-py routes frames to one channel per topic and checks no join_ref: a channel of
+        # the same topic made before this one's leave is answered would take the old channel's
+        # phx_close as its own (and report CLOSED). So a leave ends once the channel is closed.
+        deadline = time.monotonic() + 10
+        while not channel.is_closed and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert channel.is_closed, (self.name, "the leave was not answered")
 
     async def close(self) -> None:
         client, self.client = self.client, None
