@@ -283,23 +283,21 @@ class _Flusher:
     """Sockets with frames to write, flushed together by one callback of the event loop."""
 
     def __init__(self) -> None:
+        #: Sockets to flush; while there are any, a call of ``_run`` is scheduled on ``_loop``.
         self._pending: list[Connection] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._scheduled = False
 
     def add(self, connection: Connection) -> None:
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
             # Another event loop (a test's, or a restarted server's): what the old one left
             # pending belonged to sockets that loop took with it.
-            self._loop, self._pending, self._scheduled = loop, [], False
-        if not self._scheduled:
-            self._scheduled = True
+            self._loop, self._pending = loop, []
+        if not self._pending:
             loop.call_soon(self._run)
         self._pending.append(connection)
 
     def _run(self) -> None:
-        self._scheduled = False
         pending, self._pending = self._pending, []
         for connection in pending:
             try:

@@ -386,9 +386,7 @@ class MessageStream:
                 assert probed is not None
                 changed = probed[0] != self.snapshot
                 if not changed:
-                    self.probes += 1
-                    self._last_read_at = time.time()
-                    self._set_state(StreamState.LIVE, "ok")
+                    self._unchanged()
                     await self._sleep(self.poll_interval - (clock() - started))
                     continue
             await cursor.execute(read, {"prev": self.snapshot})
@@ -400,9 +398,7 @@ class MessageStream:
         assert self.snapshot is not None
         new_snapshot = records[0][0]
         if new_snapshot == self.snapshot:
-            self.probes += 1
-            self._last_read_at = time.time()
-            self._set_state(StreamState.LIVE, "ok")
+            self._unchanged()
             return False
         self.reads += 1
         self._set_state(StreamState.LIVE, "ok")
@@ -424,6 +420,12 @@ class MessageStream:
             self.snapshot = new_snapshot
             self._last_read_at = time.time()
         return True
+
+    def _unchanged(self) -> None:
+        """A probe or a wait found the snapshot as it was: nothing new, and the reader is live."""
+        self.probes += 1
+        self._last_read_at = time.time()
+        self._set_state(StreamState.LIVE, "ok")
 
     async def _create_wait_read(self, conn: psycopg.AsyncConnection[Any]) -> bool:
         """The wait-and-read function, where this role may create temporary objects."""

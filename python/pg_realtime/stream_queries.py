@@ -53,11 +53,11 @@ order by m.xid, m.seq
 # each is an index range or lookup by itself, which a generic plan keeps (an OR of the two may not).
 _AFTER_XMAX = """select {row}
      from realtime.{table} as {alias}
-     where {alias}.xid >= pg_snapshot_xmax(%(prev)s::pg_snapshot)
+     where {alias}.xid >= pg_snapshot_xmax({prev})
        and pg_visible_in_snapshot({alias}.xid, cur.snap)"""
 _IN_XIP = """select {row}
      from realtime.{table} as {alias}
-     where {alias}.xid = any(array(select pg_snapshot_xip(%(prev)s::pg_snapshot)))
+     where {alias}.xid = any(array(select pg_snapshot_xip({prev})))
        and pg_visible_in_snapshot({alias}.xid, cur.snap)"""
 # After the server changed: the xid rule against the old snapshot where xids still mean the same
 # transactions (same system), and every row inserted since ``since`` (a scan of the partitions
@@ -65,21 +65,25 @@ _IN_XIP = """select {row}
 _SAME_SYSTEM = """select {row}
      from realtime.{table} as {alias}
      where %(same_system)s
-       and ({alias}.xid >= pg_snapshot_xmax(%(prev)s::pg_snapshot)
-            or {alias}.xid = any(array(select pg_snapshot_xip(%(prev)s::pg_snapshot))))
+       and ({alias}.xid >= pg_snapshot_xmax({prev})
+            or {alias}.xid = any(array(select pg_snapshot_xip({prev}))))
        and pg_visible_in_snapshot({alias}.xid, cur.snap)"""
 _SINCE = """select {row}
      from realtime.{table} as {alias}
      where {alias}.inserted_at >= to_timestamp(%(since)s) at time zone 'utc'
        and pg_visible_in_snapshot({alias}.xid, cur.snap)"""
 
+#: The previous snapshot S, as the statement's parameter (the wait-and-read gives its variable).
+_PREV_PARAMETER = "%(prev)s::pg_snapshot"
+
 _MESSAGES = {"row": _ROW, "table": "messages", "alias": "msg"}
 _PRESENCE = {"row": _PRESENCE_ROW, "table": "presence_events", "alias": "pe"}
 
 
-def read_statement(presence: bool, extra: str = "") -> str:
+def read_statement(presence: bool, prev: str = _PREV_PARAMETER, extra: str = "") -> str:
     sources = [_MESSAGES, _PRESENCE] if presence else [_MESSAGES]
-    return _statement([half.format(**source) for source in sources for half in (_AFTER_XMAX, _IN_XIP)], extra)
+    halves = (_AFTER_XMAX, _IN_XIP)
+    return _statement([half.format(prev=prev, **source) for source in sources for half in halves], extra)
 
 
 # The wait and the read in the reader's own backend, one statement: it looks at the snapshot every
@@ -119,13 +123,14 @@ WAIT_READ = "select * from pg_temp.realtime_wait_read(%s, %s, %s)"
 
 def wait_read_function(presence: bool) -> str:
     """The CREATE FUNCTION of the wait-and-read (see ``WAIT_READ``)."""
-    read = read_statement(presence, extra=", v_waited").replace("%(prev)s::pg_snapshot", "v_prev")
+    read = read_statement(presence, prev="v_prev", extra=", v_waited")
     return _WAIT_READ_FUNCTION.replace("{read}", read.strip())
 
 
 def catch_up_statement(presence: bool) -> str:
     sources = [_MESSAGES, _PRESENCE] if presence else [_MESSAGES]
-    return _statement([half.format(**source) for source in sources for half in (_SAME_SYSTEM, _SINCE)])
+    halves = (_SAME_SYSTEM, _SINCE)
+    return _statement([half.format(prev=_PREV_PARAMETER, **source) for source in sources for half in halves])
 
 
 # The reader's role may read the presence events (the owner's, or one given realtime.grant_sidecar()):
