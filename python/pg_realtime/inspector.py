@@ -361,6 +361,11 @@ class Inspector:
             )
         topic = request.match_info["topic"]
         diagnostics.trace(topic)
+        stream = self.server.stream
+        if stream is not None:
+            # A reader paused for want of channels reads again before the answer: what is sent
+            # after it is recorded.
+            await stream.resume()
         # Payloads go to service_role callers only, and only they get this far.
         body = diagnostics.report(topic, with_payloads=True)
         body["sidecar"] = f"{request.host}"

@@ -117,6 +117,13 @@ class Metrics:
             "realtime_stream_waits", "Reads that waited in the database for a transaction to end"
         )
         r.register(self.stream_waits)
+        self.stream_pauses = PolledCounter(
+            "realtime_stream_pauses", "Times the reader paused because nothing here wanted messages"
+        )
+        r.register(self.stream_pauses)
+        self.stream_paused = Gauge(
+            "realtime_stream_paused", "1 while the reader is paused (no channel joined)", registry=r
+        )
         self.stream_failovers = PolledLabelledCounter(
             "realtime_stream_failovers",
             "Changes of the server behind the database URL, by cause (system_identifier, timeline, "
@@ -156,6 +163,8 @@ class Metrics:
         self.stream_reads.source = lambda: stream.reads
         self.stream_probes.source = lambda: stream.probes
         self.stream_waits.source = lambda: stream.waits
+        self.stream_pauses.source = lambda: stream.pauses
+        self.stream_paused.set_function(lambda: 1 if stream.paused else 0)
         self.stream_failovers.source = lambda: stream.failovers
         self.stream_catch_ups.source = lambda: stream.catch_ups
         self.stream_standby_refusals.source = lambda: stream.refusals

@@ -31,10 +31,12 @@ from .queries import (
     ReadCheck,
     ReplayQuery,
     Request,
+    StreamResume,
     Unavailable,
     WriteCheck,
 )
 from .session import SLOW_CONSUMER_CLOSE, Session, SessionContext
+from .stream import MessageStream
 from .tracker import PresenceTracker
 
 log = logging.getLogger("pg_realtime")
@@ -47,9 +49,16 @@ SLOW_CONSUMER_MESSAGE = b"slow consumer: outgoing buffer limit exceeded"
 
 
 async def perform(
-    database: Database | None, request: Request, tracker: PresenceTracker | None = None
+    database: Database | None,
+    request: Request,
+    tracker: PresenceTracker | None = None,
+    stream: MessageStream | None = None,
 ) -> Answer:
     """Carry out a session's request; failures come back as values, never as exceptions."""
+    if isinstance(request, StreamResume):
+        if stream is None or await stream.resume():
+            return True
+        return Unavailable(f"the reader is not reading: {stream.reason}")
     if database is None:
         return Unavailable("no database configured")
     try:
@@ -89,9 +98,11 @@ class Connection:
         idle_timeout_s: float,
         on_idle_timeout: Callable[[], None] | None = None,
         tracker: PresenceTracker | None = None,
+        stream: MessageStream | None = None,
     ) -> None:
         self.ws = ws
         self.tracker = tracker
+        self.stream = stream
         self.session = Session(context, vsn, token, claims, wakeup=self.wakeup)
         self.database = database
         self.transport = transport
@@ -199,7 +210,7 @@ class Connection:
     async def _drive(self) -> None:
         session = self.session
         while session.pending is not None:
-            answer = await perform(self.database, session.pending, self.tracker)
+            answer = await perform(self.database, session.pending, self.tracker, self.stream)
             session.answer(answer)
 
     async def _drive_tick(self) -> None:

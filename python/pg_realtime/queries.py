@@ -65,7 +65,14 @@ class PresenceTrack:
     payload: dict[str, Any]
 
 
-Request = ReadCheck | WriteCheck | ReplayQuery | PresenceSync | PresenceTrack
+@dataclass(frozen=True, slots=True)
+class StreamResume:
+    """The reader of committed messages pauses while no channel is joined: have it take up
+    reading (from a fresh snapshot) before the joining channel is answered, so that nothing
+    committed after the join reply can be missed. Answer: True once it reads, or a Failure."""
+
+
+Request = ReadCheck | WriteCheck | ReplayQuery | PresenceSync | PresenceTrack | StreamResume
 
 
 @dataclass(frozen=True, slots=True)

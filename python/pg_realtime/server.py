@@ -90,6 +90,7 @@ class RealtimeServer:
                 on_presence=self.tracker.events if self.tracker is not None else None,
                 poll_interval=settings.poll_interval_ms / 1000,
                 on_state=self._stream_state,
+                wanted=self._stream_wanted,
             )
             self.metrics.watch_stream(self.stream)
         refusals = self.metrics.refusals
@@ -104,6 +105,7 @@ class RealtimeServer:
             slow_consumer=self.metrics.slow_consumers.inc,
             log_refusal=self._log_refusal,
             stream_live=lambda: self.stream is not None and self.stream.live,
+            stream_paused=lambda: self.stream is not None and self.stream.paused,
             presence_events=RateWindow(settings.max_presence_events_per_second),
             **self._presence(),
             **self._diagnostics_hooks(),
@@ -222,6 +224,14 @@ class RealtimeServer:
         while self.connections and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
 
+    def _stream_wanted(self) -> bool:
+        """Whether anything here wants committed messages: a joined channel, or a topic the
+        near-miss diagnostics watch (a refused join or a slow consumer of late, a trace asked for).
+        With neither, every message would reach nobody, so the reader pauses."""
+        if self.registry.channel_count > 0:
+            return True
+        return self.diagnostics is not None and bool(self.diagnostics.watched)
+
     def _stream_state(self, state: StreamState, reason: str) -> None:
         self.metrics.stream_up.set(1 if state is StreamState.LIVE else 0)
         if state is StreamState.LIVE:
@@ -321,6 +331,7 @@ class RealtimeServer:
             self.settings.idle_timeout_s,
             on_idle_timeout=lambda: refusals.labels("idle_timeout").inc(),
             tracker=self.tracker,
+            stream=self.stream,
         )
         self.connections.add(connection)
         self.per_address[address] = self.per_address.get(address, 0) + 1

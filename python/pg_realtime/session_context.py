@@ -89,6 +89,8 @@ class SessionContext:
     log_refusal: Callable[[str, str, str], None] = _log_refusal
     #: Whether the reader of committed messages is live (for ``replication_ready``).
     stream_live: Callable[[], bool] = lambda: True
+    #: Whether that reader is paused (no channel was joined): a join then asks it to resume.
+    stream_paused: Callable[[], bool] = lambda: False
     #: Near-miss diagnostics: a refused join (subtopic, private, metric, text), and the channel
     #: keys (subtopic, private) of a socket about to be closed as a slow consumer.
     on_refused_join: Callable[[str, bool, str, str], None] = _ignore_refused_join

@@ -16,7 +16,7 @@ from .broadcast import row_frame
 from .channels import Channel
 from .join import JoinRequest, binding_id
 from .presence import ClientPresenceLimit, PresenceSnapshot, presence_key
-from .queries import PolicyFailed, PresenceSync, ReadCheck, ReplayQuery, Rule, Unavailable
+from .queries import PolicyFailed, PresenceSync, ReadCheck, ReplayQuery, Rule, StreamResume, Unavailable
 from .rows import Row
 from .session_context import POLICY_VIOLATION, Socket
 from .session_tokens import RECHECK_INTERVAL_S, expiry
@@ -139,7 +139,7 @@ def join(session: Socket, msg: Message) -> Rule:
         # the join reply and the replayed rows are out: a message committed meanwhile is
         # neither lost nor, being in the replay too, sent twice.
         channel.held = []
-        session.register(channel)
+        yield from _register(session, channel)
         rows = yield ReplayQuery(subtopic, *window)
         if not isinstance(rows, list):
             session.leave(channel)
@@ -157,7 +157,7 @@ def join(session: Socket, msg: Message) -> Rule:
         # meanwhile that it already holds are dropped, the later ones sent after it.
         if channel.held is None:
             channel.held = []
-        session.register(channel)
+        yield from _register(session, channel)
         answer = yield PresenceSync(subtopic, request.private)
         if not isinstance(answer, PresenceSnapshot):
             session.abandon_join(channel)
@@ -166,7 +166,9 @@ def join(session: Socket, msg: Message) -> Rule:
         snapshot = answer
     if session.closing:
         return
-    session.register(channel)
+    yield from _register(session, channel)
+    if session.closing:
+        return
     bindings = [{**binding, "id": binding_id(binding)} for binding in request.postgres_changes]
     session.reply(msg, "ok", {"postgres_changes": bindings})
     if bindings:
@@ -188,3 +190,14 @@ def join(session: Socket, msg: Message) -> Rule:
     if request.replication_ready:
         channel.ready_deadline = session.now + REPLICATION_READY_TIMEOUT_S
         session.announce_ready(channel)
+
+
+def _register(session: Socket, channel: Channel) -> Rule:
+    """Register the channel for live messages; if the reader paused because no channel was
+    joined, have it resume first: it reads from a fresh snapshot, taken after the channel is
+    registered and before anything is replayed, loaded or answered."""
+    session.register(channel)
+    if session.context.stream_paused():
+        # A failure needs no answer here: the reader is then down, which the channel hears of
+        # as for any outage (replication_ready), and it reads from a fresh snapshot once back.
+        yield StreamResume()

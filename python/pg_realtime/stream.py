@@ -29,6 +29,14 @@ together. Where the role may not create temporary functions, the reader probes f
 every poll interval (both statements prepared, the read with a generic plan) and reads when
 the probe saw the snapshot move.
 
+Pausing. While nothing here wants messages (no channel joined, nothing the diagnostics watch)
+every message would reach nobody, so the reader reads nothing: it drops its snapshot (what
+commits while nobody listens is history, as with Supabase's replication that stops without
+users) and checks once a second that the server is still a primary. A join resumes it before
+the channel is answered: the reader takes a fresh snapshot, so whatever commits after the join
+reply is read. The database then does no work for the sidecar at all, and writers keep every
+core to themselves.
+
 Where it must not run. On a hot standby ``pg_current_snapshot()`` has an empty in-progress
 list (during recovery PostgreSQL keeps every running xid in the snapshot's subxip array), so
 the rule above would skip the rows of a transaction that was open while a later one
@@ -87,6 +95,9 @@ IDLE_WAIT_S = 1.0
 
 #: How often a server in recovery is checked again.
 STANDBY_RECHECK_S = 1.0
+
+#: How long a join waits for a paused reader to take up reading before it is answered anyway.
+RESUME_TIMEOUT_S = 2.0
 
 
 class StreamState(StrEnum):
@@ -147,6 +158,7 @@ class MessageStream:
         idle_wait: float = IDLE_WAIT_S,
         idle_after: float = IDLE_AFTER_S,
         idle_step: float = IDLE_STEP_S,
+        wanted: Callable[[], bool] | None = None,
     ) -> None:
         self.dsn = dsn
         self.on_rows = on_rows
@@ -158,6 +170,13 @@ class MessageStream:
         self.on_state = on_state
         self.max_backoff = max_backoff
         self.catch_up_window = catch_up_window
+        #: Whether anything wants messages now; while not, the reader pauses (see the module).
+        self.wanted: Callable[[], bool] = wanted or _always
+        #: Paused: no snapshot is kept, nothing is read; a join calls resume().
+        self.paused = False
+        self.pauses = 0
+        self._demand = asyncio.Event()
+        self._reading = asyncio.Event()
         self.state = StreamState.STARTING
         self.reason = "starting"
         self.snapshot: str | None = None
@@ -193,6 +212,7 @@ class MessageStream:
 
     def stop(self) -> None:
         self._stopping.set()
+        self._demand.set()
         if self._sleeper is not None and not self._sleeper.done():
             self._sleeper.set_result(None)
 
@@ -257,12 +277,9 @@ class MessageStream:
         identity = await self._identity(conn)
         previous, self.identity = self.identity, identity
         if self.snapshot is None:
-            # The first snapshot is where news starts: rows committed before it are history.
-            cur = await conn.execute(stream_queries.PROBE)
-            first = await cur.fetchone()
-            assert first is not None
-            self.snapshot = str(first[0])
-            self._last_read_at = time.time()
+            # The first snapshot (or the first after a pause) is where news starts: rows committed
+            # before it are history.
+            await self._fresh_snapshot(conn)
             return
         if previous is None:
             return
@@ -291,6 +308,57 @@ class MessageStream:
         if in_recovery:
             raise StandbyRefused()
         return ServerIdentity(str(system_identifier), int(str(walfile)[:8], 16), float(started_at))
+
+    async def _fresh_snapshot(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        cur = await conn.execute(stream_queries.PROBE)
+        first = await cur.fetchone()
+        assert first is not None
+        self.snapshot = str(first[0])
+        self._last_read_at = time.time()
+        self.paused = False
+        self._reading.set()
+
+    async def resume(self, timeout: float = RESUME_TIMEOUT_S) -> bool:
+        """Have a paused reader take up reading; True once it reads from a fresh snapshot."""
+        if not self.paused:
+            return True
+        self._demand.set()
+        try:
+            await asyncio.wait_for(self._reading.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def _pause(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Read nothing until something wants messages, then start from a fresh snapshot."""
+        # Set in the same step as the check that nothing wants messages, so that a channel
+        # registered from now on finds the reader paused and asks it to resume.
+        self.paused = True
+        self.pauses += 1
+        self.snapshot = None
+        self._reading.clear()
+        self._set_state(StreamState.LIVE, "ok")
+        log.debug("nothing wants messages: the reader pauses")
+        while not self._stopping.is_set() and not self.wanted():
+            self._demand.clear()
+            try:
+                await asyncio.wait_for(self._demand.wait(), self.idle_wait)
+            except TimeoutError:
+                # Still a primary, still the same server: a refusal must show on /healthz even
+                # while nobody is joined.
+                identity = await self._identity(conn)
+                if self.identity is not None and (change := identity.change_from(self.identity)):
+                    self._count_failover(change)
+                    log.warning(
+                        "DatabaseChanged: the server behind the database URL changed (%s) while the "
+                        "reader was paused; it reads from a fresh snapshot when resumed",
+                        change,
+                    )
+                self.identity = identity
+                self._set_state(StreamState.LIVE, "ok")
+        if not self._stopping.is_set():
+            await self._fresh_snapshot(conn)
+            log.debug("the reader resumes from %s", self.snapshot)
 
     def _count_failover(self, cause: str) -> None:
         self.failovers[cause] = self.failovers.get(cause, 0) + 1
@@ -350,6 +418,10 @@ class MessageStream:
         cursor = conn.cursor()
         quiet_since = clock()
         while not self._stopping.is_set():
+            if not self.wanted():
+                await self._pause(conn)
+                quiet_since = clock()
+                continue
             started = clock()
             assert self.snapshot is not None
             # While things happen the backend looks every millisecond; after a quiet second, at
@@ -377,6 +449,10 @@ class MessageStream:
             # Reads start every poll_interval: the time a read and its fan-out take comes out
             # of the pause, not on top of it (on top, it would stretch the wait for a new row
             # just when there is most to deliver).
+            if not self.wanted():
+                await self._pause(conn)
+                changed = False
+                continue
             started = clock()
             assert self.snapshot is not None
             if not changed:
@@ -456,6 +532,10 @@ class MessageStream:
         finally:
             handle.cancel()
             self._sleeper = None
+
+
+def _always() -> bool:
+    return True
 
 
 def _ignore_presence(events: list[PresenceEvent]) -> None:

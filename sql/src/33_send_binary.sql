@@ -7,10 +7,21 @@ language plpgsql
 volatile
 security invoker
 as $$
-declare
-    v_refusal text;
 begin
-    -- No id goes into a binary payload, so its size is no reason to guard.
+    -- The common case: one condition, one INSERT (see send()). No id goes into a binary
+    -- payload, so its size is no reason to guard. The row's topic is set as realtime.topic on
+    -- the way.
+    if not realtime.insert_needs_guard(send_binary.topic, send_binary.private, 0)
+        and realtime.insert_refusal(send_binary.topic) is null
+    then
+        insert into realtime.messages (binary_payload, event, topic, private, extension)
+        values (
+            send_binary.payload, send_binary.event, realtime.topic_set(send_binary.topic),
+            send_binary.private, 'broadcast'
+        );
+        return;
+    end if;
+
     if realtime.insert_needs_guard(send_binary.topic, send_binary.private, 0) then
         begin
             perform pg_catalog.set_config('realtime.topic', send_binary.topic, true);
@@ -21,15 +32,7 @@ begin
         end;
         return;
     end if;
-
-    v_refusal := realtime.insert_refusal(send_binary.topic);
-    if v_refusal is not null then
-        raise warning 'WarnSendingBroadcastMessage: %', v_refusal;
-        return;
-    end if;
-    perform pg_catalog.set_config('realtime.topic', send_binary.topic, true);
-    insert into realtime.messages (binary_payload, event, topic, private, extension)
-    values (send_binary.payload, send_binary.event, send_binary.topic, send_binary.private, 'broadcast');
+    raise warning 'WarnSendingBroadcastMessage: %', realtime.insert_refusal(send_binary.topic);
 end;
 $$;
 

@@ -19,7 +19,9 @@ async def test_metrics_follow_sockets_channels_messages_lag_and_refusals(make_se
     assert sample(before, "realtime_sockets") == 0
     assert sample(before, "realtime_channels") == 0
     assert sample(before, "realtime_stream_up") == 1
-    assert sample(before, "realtime_stream_reads_total") > 0
+    # Nothing joined yet: the reader is paused and has read nothing.
+    assert sample(before, "realtime_stream_paused") == 1
+    assert sample(before, "realtime_stream_reads_total") == 0
 
     async with (
         aiohttp.ClientSession() as http,
@@ -78,6 +80,7 @@ async def test_metrics_follow_sockets_channels_messages_lag_and_refusals(make_se
         assert sample(after, "realtime_stream_lag_seconds_count") == 1
         assert 0 < sample(after, "realtime_stream_lag_seconds_sum") < 60
         assert sample(after, "realtime_stream_reads_total") > sample(before, "realtime_stream_reads_total")
+        assert sample(after, "realtime_stream_paused") == 0
         assert sample(after, "realtime_refusals_total", reason="invalid_token") == 1
         assert sample(after, "realtime_refusals_total", reason="rest_unauthorized") == 1
         assert sample(after, "realtime_refusals_total", reason="payload_size") == 1

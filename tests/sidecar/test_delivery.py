@@ -14,6 +14,7 @@ import time
 from collections import defaultdict
 from typing import Any
 
+import aiohttp
 import psycopg
 import pytest
 
@@ -397,7 +398,6 @@ async def test_postgres_restart_mid_stream_loses_and_repeats_nothing(make_server
 
 
 async def test_healthz_follows_the_database(make_server, fresh_cluster):
-    import aiohttp
 
     cluster = fresh_cluster()
     dsn = cluster.dsn()
@@ -481,3 +481,52 @@ async def test_without_temporary_objects_the_reader_probes_from_the_sidecar(make
         run_sql(
             db_dsn, f"grant temporary on database {dbname} to public; drop owned by {role}; drop role {role}"
         )
+
+
+async def test_the_reader_pauses_without_channels_and_a_join_resumes_it_before_its_reply(make_server, db_dsn):
+    # Diagnostics off: a topic they watch keeps the reader reading (test_diagnose_cli asks about one).
+    server = await make_server(db_dsn, diagnostics=False)
+    stream = server.server.stream
+    assert stream is not None
+    await wait_until(lambda: stream.paused, "the reader to pause with no channel joined")
+    assert stream.live  # paused is not down: /healthz stays ok
+    reads = stream.reads
+    run_sql(db_dsn, "select realtime.send('{\"n\": 0}'::jsonb, 'e', 'room', false)")
+    await asyncio.sleep(0.3)
+    assert stream.reads == reads, "a paused reader read"
+    for round_ in range(1, 4):
+        async with await RawSocket.connect(server.url, server.token()) as ws:
+            await ws.join("room")
+            assert not stream.paused
+            # Committed right after the join reply: it must arrive, however soon it commits.
+            run_sql(
+                db_dsn,
+                "select realtime.send(jsonb_build_object('n', %s::int), 'e', 'room', false)",
+                (round_,),
+            )
+            frame = await ws.recv()
+            assert decode_db_frame(frame)[2]["n"] == round_
+            # What committed while nobody was joined is history: not delivered now either.
+            await ws.expect_silence()
+        await wait_until(lambda: stream.paused, "the reader to pause after the last leave")
+    assert stream.pauses >= 4
+    async with aiohttp.ClientSession() as http, http.get(f"{server.url}/metrics") as response:
+        assert "realtime_stream_paused 1.0" in await response.text()
+
+
+async def test_a_paused_reader_checks_its_server_once_a_second_and_nothing_more(make_server, db_dsn):
+    server = await make_server(db_dsn, diagnostics=False)
+    stream = server.server.stream
+    assert stream is not None
+    await wait_until(lambda: stream.paused, "the reader to pause")
+    activity = (
+        "select query_start, query from pg_stat_activity"
+        " where application_name = 'pg-realtime stream' and datname = current_database()"
+    )
+    [(first_start, _)] = run_sql(db_dsn, activity)
+    await asyncio.sleep(2.5)
+    [(last_start, last_query)] = run_sql(db_dsn, activity)
+    # One check a second: the server's identity and recovery state, no read, no wait.
+    assert 1.0 <= (last_start - first_start).total_seconds() <= 3.0
+    assert "pg_is_in_recovery" in last_query
+    assert stream.live and stream.paused

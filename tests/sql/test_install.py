@@ -46,6 +46,8 @@ EXPECTED_FUNCTIONS = {
     "insert_needs_guard": "topic text, private boolean, payload_size integer",
     "insert_refusal": "topic text",
     "topic_mistake": "topic text",
+    "send_goes_straight": "payload jsonb, topic text, private boolean",
+    "topic_set": "topic text",
     "maintain": "retention interval DEFAULT '3 days'::interval, premake integer DEFAULT 3",
     "grant_access": "role_name name",
     "messages_partitions": "",
@@ -168,6 +170,8 @@ def test_function_signatures(db: psycopg.Connection) -> None:
     assert functions["insert_needs_guard"][1:] == ("boolean", False, "sql", "s")
     assert functions["insert_refusal"][1:] == ("text", False, "sql", "s")
     assert functions["topic_mistake"][1:] == ("text", False, "sql", "s")
+    assert functions["send_goes_straight"][1:] == ("boolean", False, "sql", "s")
+    assert functions["topic_set"][1:] == ("text", False, "sql", "v")
     assert functions["maintain"][1:] == ("SETOF text", True, "plpgsql", "v")
     config = scalar(
         db, "select proconfig from pg_proc where oid = 'realtime.maintain(interval, integer)'::regprocedure"
@@ -182,6 +186,8 @@ def test_function_signatures(db: psycopg.Connection) -> None:
         "realtime.insert_needs_guard(t, true, 10)",
         "realtime.insert_refusal(t)",
         "realtime.topic_mistake(t)",
+        "realtime.send_goes_straight('{}', t, true)",
+        "realtime.topic_set(t)",
     ],
 )
 def test_send_path_helpers_are_inlined(db: psycopg.Connection, call: str) -> None:
@@ -226,6 +232,8 @@ def test_privileges(db: psycopg.Connection) -> None:
         "insert_needs_guard": True,
         "insert_refusal": True,
         "topic_mistake": True,
+        "send_goes_straight": True,
+        "topic_set": True,
         "messages_partitions": True,
         "maintain": False,
         "grant_access": False,
@@ -259,10 +267,10 @@ def test_every_object_has_a_comment(db: psycopg.Connection) -> None:
              and d.refobjid = (select oid from pg_extension where extname = 'realtime')"""
     ).fetchall()
     names = {name for name, _ in members}
-    # The schema, 12 functions, the table, its default partition, its sequence, and the daily
+    # The schema, 14 functions, the table, its default partition, its sequence, and the daily
     # partitions; the cluster's 5 functions, the bus attachments and their 3 partitions, the sidecar
     # registry; presence's 3 functions, 2 tables and the events' sequence.
-    assert len(members) == 16 + 10 + 6 + len(partitions(db))
+    assert len(members) == 18 + 10 + 6 + len(partitions(db))
     assert {
         "schema realtime",
         "table realtime.messages",
