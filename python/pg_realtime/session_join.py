@@ -50,10 +50,14 @@ def join(session: Socket, msg: Message) -> Rule:
         session.close_channel(previous)
         session.leave(previous)
 
-    def refuse(reason: str, metric: str, detail: str = "") -> None:
+    def refuse(reason: str, metric: str, detail: str = "") -> Rule:
         context.refused(metric)
         context.log_refusal(metric, msg.topic, detail or reason)
         context.on_refused_join(subtopic, request.private, metric, detail or reason)
+        if context.stream_paused():
+            # The diagnostics now watch the topic, to explain the messages this client misses:
+            # a reader paused for want of channels reads again before the refusal goes out.
+            yield StreamResume()
         frame = phoenix.encode_reply(
             session.vsn, msg.join_ref, msg.ref, msg.topic, "error", {"reason": reason}
         )
@@ -74,7 +78,7 @@ def join(session: Socket, msg: Message) -> Rule:
         return
     limit = context.limits.max_channels
     if limit and len(session.channels) >= limit:
-        refuse(reasons.TOO_MANY_CHANNELS, "channels_per_client")
+        yield from refuse(reasons.TOO_MANY_CHANNELS, "channels_per_client")
         return
     token = request.token_or(session.token)
     try:
@@ -82,7 +86,7 @@ def join(session: Socket, msg: Message) -> Rule:
         # JWT is revoked, so a socket kept alive must not outlive the token it connected with.
         claims = context.verifier.verify(token, session.now)
     except AuthError as exc:
-        refuse(exc.reason, "invalid_token")
+        yield from refuse(exc.reason, "invalid_token")
         return
     channel = Channel(
         peer=session,
@@ -110,30 +114,30 @@ def join(session: Socket, msg: Message) -> Rule:
             allowed = yield ReadCheck(subtopic, claims, extension)
             if isinstance(allowed, PolicyFailed):
                 # The policy's own error is for the operator's log, never for the client.
-                refuse(
+                yield from refuse(
                     reasons.unauthorized_read(subtopic),
                     "rls_error",
                     reasons.rls_error(subtopic, allowed.detail),
                 )
                 return
             if isinstance(allowed, Unavailable):
-                refuse(reasons.DATABASE_UNAVAILABLE, "database_unavailable")
+                yield from refuse(reasons.DATABASE_UNAVAILABLE, "database_unavailable")
                 return
             if extension == "broadcast":
                 channel.can_read = allowed is True
             else:
                 channel.can_read_presence = allowed is True
         if not channel.can_read and not channel.can_read_presence:
-            refuse(reasons.unauthorized_read(subtopic), "unauthorized")
+            yield from refuse(reasons.unauthorized_read(subtopic), "unauthorized")
             return
     replayed: list[Row] = []
     if request.replay is not None:
         if not request.private:
-            refuse(reasons.REPLAY_PUBLIC, "replay")
+            yield from refuse(reasons.REPLAY_PUBLIC, "replay")
             return
         window = request.replay_window()
         if window is None:
-            refuse(reasons.REPLAY_INVALID, "replay")
+            yield from refuse(reasons.REPLAY_INVALID, "replay")
             return
         # The channel takes live messages from before the replay query on, held back until
         # the join reply and the replayed rows are out: a message committed meanwhile is
@@ -144,7 +148,7 @@ def join(session: Socket, msg: Message) -> Rule:
         if not isinstance(rows, list):
             session.leave(channel)
             channel.held = None
-            refuse(reasons.REPLAY_FAILED, "replay")
+            yield from refuse(reasons.REPLAY_FAILED, "replay")
             return
         replayed = rows
     snapshot: PresenceSnapshot | None = None
@@ -161,7 +165,7 @@ def join(session: Socket, msg: Message) -> Rule:
         answer = yield PresenceSync(subtopic, request.private)
         if not isinstance(answer, PresenceSnapshot):
             session.abandon_join(channel)
-            refuse(reasons.DATABASE_UNAVAILABLE, "database_unavailable")
+            yield from refuse(reasons.DATABASE_UNAVAILABLE, "database_unavailable")
             return
         snapshot = answer
     if session.closing:

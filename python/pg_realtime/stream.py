@@ -322,6 +322,8 @@ class MessageStream:
         """Have a paused reader take up reading; True once it reads from a fresh snapshot."""
         if not self.paused:
             return True
+        if not self.wanted():
+            return False  # nothing to read for: it stays paused
         self._demand.set()
         try:
             await asyncio.wait_for(self._reading.wait(), timeout)
