@@ -274,9 +274,10 @@ comment on function realtime.topic_mistake(text) is
 -- needed, nothing that would refuse the insert, no suspicious topic, and a payload that has an
 -- "id" or can take one. One expression, so that the common path of send() evaluates one condition
 -- and runs one INSERT: in a transaction of one send, PL/pgSQL prepares every expression it
--- evaluates anew, which cost more than the checks themselves (measured: one send per
--- transaction, CPU-bound, the checks as one condition ran at 1.04-1.10 of the same checks as
--- separate statements).
+-- evaluates anew, which costs about as much as the checks themselves (measured on a private
+-- cluster, one send per transaction, 4 writers, CPU-bound, 3 rounds A B B A: 36,100 tps with
+-- this condition against 34,700 with the same checks as separate statements; in another run,
+-- 36,400 against 38,700 with no check at all).
 -- LANGUAGE sql so that send() gets it inlined; null (a null payload, a null topic) means no.
 create function realtime.send_goes_straight(payload jsonb, topic text, private boolean)
 returns boolean
