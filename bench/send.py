@@ -317,7 +317,8 @@ async def run(ctx: Context) -> Result:
 
     verdict = (
         f"8 writers: send() {alone8:.2f} of plain INSERT alone (target >= 0.92: {met(alone8 >= 0.92)}), "
-        f"{sidecar8:.2f} with the sidecar running, no channel joined (target >= 0.90: {met(sidecar8 >= 0.90)}), "
+        f"{sidecar8:.2f} with the sidecar running, no channel joined "
+        f"(target >= 0.90: {met(sidecar8 >= 0.90)}), "
         f"{beside8:.2f} of send() alone (target >= 0.97: {met(beside8 >= 0.97)}), "
         f"{reading8:.2f} of send() alone with the sidecar reading for a subscriber; "
         f"{anchor8:.2f} of Supabase's send() (target >= 1.15: {met(anchor8 >= 1.15)}); "
