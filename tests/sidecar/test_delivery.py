@@ -398,7 +398,6 @@ async def test_postgres_restart_mid_stream_loses_and_repeats_nothing(make_server
 
 
 async def test_healthz_follows_the_database(make_server, fresh_cluster):
-
     cluster = fresh_cluster()
     dsn = cluster.dsn()
     run_sql(dsn, "create extension realtime")
