@@ -267,15 +267,17 @@ def test_every_object_has_a_comment(db: psycopg.Connection) -> None:
              and d.refobjid = (select oid from pg_extension where extname = 'realtime')"""
     ).fetchall()
     names = {name for name, _ in members}
-    # The schema, 14 functions, the table, its default partition, its sequence, and the daily
-    # partitions; the cluster's 5 functions, the bus attachments and their 3 partitions, the sidecar
-    # registry; presence's 3 functions, 2 tables and the events' sequence.
-    assert len(members) == 18 + 10 + 6 + len(partitions(db))
+    # The schema, 14 functions, the statement helper's payload type, the table, its default
+    # partition, its sequence, and the daily partitions; the cluster's 5 functions, the bus
+    # attachments and their 3 partitions, the sidecar registry; presence's 3 functions, 2 tables
+    # and the events' sequence.
+    assert len(members) == 19 + 10 + 6 + len(partitions(db))
     assert {
         "schema realtime",
         "table realtime.messages",
         "table realtime.messages_default",
         "sequence realtime.messages_seq",
+        "type realtime.change_payload",
     } <= names
     assert [name for name, comment in members if not comment] == []
     assert scalar(db, "select obj_description('realtime'::regnamespace, 'pg_namespace')")
