@@ -87,8 +87,11 @@ ACTIVE_STEP_S = 0.001
 #: After this long without any change of the snapshot, the backend looks at its idle step.
 IDLE_AFTER_S = 1.0
 
-#: How often it looks when nothing has changed for a while (about 0.5% of a core).
-IDLE_STEP_S = 0.01
+#: How often it looks when nothing has changed for a while: the first message after a silence
+#: waits half a step on average. Measured with a channel joined and nothing sent: the backend at
+#: 0.8% of a core (0.65% at 10 ms, 0.9% at 3 ms), since a wait that times out unchanged skips
+#: the read.
+IDLE_STEP_S = 0.005
 
 #: The longest a wait in the database lasts before this process looks up again.
 IDLE_WAIT_S = 1.0

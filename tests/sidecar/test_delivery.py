@@ -529,3 +529,44 @@ async def test_a_paused_reader_checks_its_server_once_a_second_and_nothing_more(
     assert 1.0 <= (last_start - first_start).total_seconds() <= 3.0
     assert "pg_is_in_recovery" in last_query
     assert stream.live and stream.paused
+
+
+async def test_an_idle_reader_waits_without_reading_until_something_commits(make_server, db_dsn):
+    """A channel joined and nothing committed: each wait in the database times out once a second
+    and returns the old snapshot without the read, which could find nothing; the next commit is
+    read and delivered as ever."""
+    server = await make_server(db_dsn, diagnostics=False)
+    stream = server.server.stream
+    assert stream is not None and server.server.cluster is not None
+    # The sidecar's lease renewal (every 3 s) is a commit: from its next round, once a minute.
+    server.server.cluster.renew_s = 60.0
+    # Index and sequential scans of the messages' partitions, which every read reads (and nothing
+    # else of this sidecar while it has nothing to replay; presence and the cluster registry have
+    # readers of their own).
+    scans = (
+        "select coalesce(sum(coalesce(idx_scan, 0) + seq_scan), 0)::bigint from pg_stat_user_tables"
+        " where schemaname = 'realtime' and relname like 'messages%%'"
+    )
+    async with await RawSocket.connect(server.url, server.token()) as ws:
+        await ws.join("room")
+        # A window in which the reader read nothing at all, after a quiet lead long enough for
+        # the statistics of everything before to reach the shared counters: a busy backend sends
+        # its own at most every second, an idle one (the pool's, after the start's maintain() and
+        # the join) 10 s after its last statement.
+        for _attempt in range(3):
+            reads_before = stream.reads
+            await asyncio.sleep(11)
+            [(scans_before,)] = run_sql(db_dsn, scans)
+            probes_before = stream.probes
+            await asyncio.sleep(3.5)
+            [(scans_after,)] = run_sql(db_dsn, scans)
+            if stream.reads == reads_before:
+                break
+        else:
+            pytest.fail("the snapshot kept changing: no quiet window to look at")
+        assert stream.probes - probes_before >= 2, "the waits did not time out once a second"
+        assert scans_after == scans_before, "a wait that timed out unchanged read the tables"
+        run_sql(db_dsn, "select realtime.send('{\"n\": 1}'::jsonb, 'e', 'room', false)")
+        frame = await ws.recv()
+        assert decode_db_frame(frame)[2]["n"] == 1
+        assert stream.reads == reads_before + 1
