@@ -20,11 +20,11 @@ another committed has the larger xid, and seq orders the rows of one transaction
 Waiting. On a primary, ``pg_current_snapshot()`` changes exactly when a transaction that had
 an xid ends (PostgreSQL reuses the cached snapshot until then), so an unchanged snapshot means
 nothing new can be visible. The reader's own backend watches it: one call of a temporary
-plpgsql function looks every millisecond (every 10 ms after a quiet second), makes the read as
-soon as the snapshot moved, or returns unchanged after a second. A commit is seen within a
-millisecond with no round trip per look; looking costs the backend about 2% of a core while
-things happen and 0.5% while idle, where waking this process to ask would cost several times
-that. Reads start at most every poll interval, so rows that commit together are read
+plpgsql function looks every millisecond (every 5 ms after a quiet second), makes the read as
+soon as the snapshot moved, or returns unchanged after a second without reading. A commit is
+seen within a millisecond with no round trip per look; looking costs the backend about 2% of a
+core while things happen and under 1% while idle, where waking this process to ask would cost
+several times that. Reads start at most every poll interval, so rows that commit together are read
 together. Where the role may not create temporary functions, the reader probes from here
 every poll interval (both statements prepared, the read with a generic plan) and reads when
 the probe saw the snapshot move.
