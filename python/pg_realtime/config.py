@@ -69,7 +69,8 @@ class Settings:
     poll_interval_ms: float = _opt(
         2.0,
         "REALTIME_POLL_INTERVAL_MS",
-        "the shortest time between two reads of new commits (rows committed meanwhile are read together)",
+        "the pause between two reads of new commits after a read of 8 rows or more, shorter after "
+        "smaller reads (rows committed meanwhile are read together)",
     )
     maintain_interval_s: float = _opt(
         3600.0, "REALTIME_MAINTAIN_INTERVAL_S", "how often to run realtime.maintain() (and at start)"
