@@ -570,3 +570,29 @@ async def test_an_idle_reader_waits_without_reading_until_something_commits(make
         frame = await ws.recv()
         assert decode_db_frame(frame)[2]["n"] == 1
         assert stream.reads == reads_before + 1
+
+
+async def test_the_pause_after_a_read_is_whole_only_after_a_full_one(make_server, db_dsn):
+    """``--poll-interval-ms`` separates a read of 8 rows or more from the next one, so that under
+    load rows that commit meanwhile are read together; after a smaller read the pause shrinks in
+    proportion, and a commit that follows a one-row read is read as soon as it is seen."""
+    interval = 4.0
+    server = await make_server(db_dsn, poll_interval_ms=interval * 1000)
+    send = (
+        "select realtime.send(jsonb_build_object('n', n), 'e', 'pause', false)"
+        " from generate_series(%s::int, %s::int) as n"
+    )
+    async with await RawSocket.connect(server.url, server.token()) as ws:
+        await ws.join("pause")
+        run_sql(db_dsn, send, (1, 1))
+        assert decode_db_frame(await ws.recv())[2]["n"] == 1
+        started = time.monotonic()
+        run_sql(db_dsn, send, (2, 2))
+        assert decode_db_frame(await ws.recv())[2]["n"] == 2
+        assert time.monotonic() - started < interval / 2, "a one-row read was followed by the whole pause"
+        run_sql(db_dsn, send, (3, 10))  # eight rows in one transaction: one full read
+        assert [decode_db_frame(await ws.recv())[2]["n"] for _ in range(8)] == list(range(3, 11))
+        started = time.monotonic()
+        run_sql(db_dsn, send, (11, 11))
+        assert decode_db_frame(await ws.recv(timeout=2 * interval))[2]["n"] == 11
+        assert time.monotonic() - started > interval / 2, "a full read was not followed by the pause"
