@@ -20,12 +20,13 @@ another committed has the larger xid, and seq orders the rows of one transaction
 Waiting. On a primary, ``pg_current_snapshot()`` changes exactly when a transaction that had
 an xid ends (PostgreSQL reuses the cached snapshot until then), so an unchanged snapshot means
 nothing new can be visible. The reader's own backend watches it: one call of a temporary
-plpgsql function looks every 1.1 ms (every 5 ms after a quiet second), makes the read as
+plpgsql function looks every 1.1 ms (every 5 ms after a second without messages), makes the read as
 soon as the snapshot moved, or returns unchanged after a second without reading. A commit is
 seen within 1.1 ms with no round trip per look; looking costs the backend about 2% of a
 core while things happen and under 1% while idle, where waking this process to ask would cost
-several times that. Reads start at most every poll interval, so rows that commit together are read
-together. Where the role may not create temporary functions, the reader probes from here
+several times that. After a read of 8 rows or more, or of nothing new, the next read starts a
+poll interval later, so rows that commit together are read together; after a smaller read,
+sooner. Where the role may not create temporary functions, the reader probes from here
 every poll interval (both statements prepared, the read with a generic plan) and reads when
 the probe saw the snapshot move.
 
@@ -87,7 +88,8 @@ CATCH_UP_WINDOW_S = 5.0
 #: within 1.1 ms (0.55 ms on average), for about 2% of a core.
 ACTIVE_STEP_S = 0.0009
 
-#: After this long without any change of the snapshot, the backend looks at its idle step.
+#: After this long without a message (other commits do not count), the backend looks at its idle
+#: step.
 IDLE_AFTER_S = 1.0
 
 #: How often it looks when nothing has changed for a while: the first message after a silence
@@ -442,8 +444,8 @@ class MessageStream:
                 continue
             started = clock()
             assert self.snapshot is not None
-            # While things happen the backend looks every 1.1 ms; after a quiet second, at
-            # the idle step, so that a database without traffic costs next to nothing.
+            # While messages flow the backend looks every 1.1 ms; after a second without any, at
+            # the idle step, so that a database without messages costs next to nothing.
             step = ACTIVE_STEP_S if started - quiet_since < self.idle_after else self.idle_step
             await cursor.execute(stream_queries.WAIT_READ, (self.snapshot, self.idle_wait, step))
             records = await cursor.fetchall()
