@@ -451,15 +451,15 @@ class MessageStream:
             records = await cursor.fetchall()
             if records[0][10]:
                 self.waits += 1
-            changed = await self._take(records, conn)
+            await self._take(records, conn)
             # Quiet means no messages: other transactions (this sidecar's lease renewals, the
             # application's own writes) move the snapshot too, and do not make the reader look
             # more often.
             if self.last_read_rows:
                 quiet_since = clock()
-            await self._sleep(self._read_pause(changed) - (clock() - started))
+            await self._sleep(self._read_pause() - (clock() - started))
 
-    def _read_pause(self, changed: bool) -> float:
+    def _read_pause(self) -> float:
         """How long after the start of a read the next one may start.
 
         After a full read, or one that found nothing new (the snapshot moved for other
@@ -467,7 +467,7 @@ class MessageStream:
         together are read together, and a busy database reads at most that often. After a
         smaller read, less in proportion, so that at moderate rates a commit is read as soon
         as it is seen (see FULL_READ_ROWS)."""
-        if changed and self.last_read_rows:
+        if self.last_read_rows:
             return self.poll_interval * min(1.0, self.last_read_rows / FULL_READ_ROWS)
         return self.poll_interval
 
