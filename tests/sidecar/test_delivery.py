@@ -578,6 +578,12 @@ async def test_the_pause_after_a_read_is_whole_only_after_a_full_one(make_server
     proportion, and a commit that follows a one-row read is read as soon as it is seen."""
     interval = 4.0
     server = await make_server(db_dsn, poll_interval_ms=interval * 1000)
+    assert server.server.cluster is not None
+    # A read that finds nothing new is followed by the whole pause too: the sidecar's lease
+    # renewal (a commit every 3 s) must not fall between the sends. From its next round (within
+    # 3 s), once a minute.
+    server.server.cluster.renew_s = 60.0
+    await asyncio.sleep(3.5)
     send = (
         "select realtime.send(jsonb_build_object('n', n), 'e', 'pause', false)"
         " from generate_series(%s::int, %s::int) as n"
