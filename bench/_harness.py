@@ -190,6 +190,25 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
+def sidecar_backends(dsn: str) -> list[int]:
+    """The PostgreSQL backends of the sidecar: its reader and its pool's sessions."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            "select pid from pg_stat_activity where application_name like 'pg-realtime%%'"
+        ).fetchall()
+    assert any(rows), "the sidecar is not connected"
+    return [int(pid) for (pid,) in rows]
+
+
+def sidecar_cpu_seconds(server_pid: int, backends: list[int]) -> float:
+    """CPU time used so far by the sidecar's process and by those of its backends still running."""
+    total = cpu_seconds(server_pid)
+    for pid in backends:
+        with contextlib.suppress(FileNotFoundError):
+            total += cpu_seconds(pid)
+    return total
+
+
 def run_queue_seconds(pid: int) -> float:
     """Time a process has spent runnable but waiting for a CPU (``/proc/<pid>/schedstat``)."""
     return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9

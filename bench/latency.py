@@ -31,6 +31,7 @@ from ._harness import (
     realtime_server,
     run_queue_seconds,
     save,
+    sidecar_backends,
 )
 
 NAME = "latency"
@@ -148,16 +149,6 @@ def cdf_plot(ax: Any, label: str, samples: np.ndarray) -> None:
         return
     ordered = np.sort(samples)
     ax.plot(ordered, np.arange(1, ordered.size + 1) / ordered.size, label=label)
-
-
-def sidecar_backends(dsn: str) -> list[int]:
-    """The PostgreSQL backends of the sidecar: its reader and its pool's sessions."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        rows = conn.execute(
-            "select pid from pg_stat_activity where application_name like 'pg-realtime%%'"
-        ).fetchall()
-    assert any(rows), "the sidecar is not connected"
-    return [int(pid) for (pid,) in rows]
 
 
 async def idle_cost(server_pid: int, dsn: str, seconds: float) -> tuple[float, float]:
